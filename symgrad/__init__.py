@@ -1,0 +1,19 @@
+"""symgrad: micrograd's Value, traced to an IR, differentiated on the IR, compiled with Numba.
+
+The public API (see README): `Value`, `compile`, `Compiled`, `to_sympy`, `check`, `draw_dot`,
+the op functions (`tanh`, `exp`, ...) and the pipeline's stages as modules.
+"""
+
+from .compiled import Compiled, compile
+from .engine import Value
+from .symbolic import CheckResult, GradientMismatch, check, to_sympy
+from .ops import COS, EXP, LOG, OPS, RELU, SIGMOID, SIN, TANH
+
+__version__ = "0.1.0"
+
+# the op table's entries work on floats, Values and IR handles alike: sg.tanh(x)
+tanh, exp, log, relu, sigmoid, sin, cos = TANH, EXP, LOG, RELU, SIGMOID, SIN, COS
+
+__all__ = [
+    "OPS", "CheckResult", "Compiled", "GradientMismatch", "Value", "check", "compile", "to_sympy", "cos", "exp", "log", "relu", "sigmoid", "sin", "tanh",
+]

@@ -1,0 +1,289 @@
+"""`compile` and the `Compiled` object users hold: calls, batch, forward, ir, source, stats.
+
+Imports every stage above it: trace -> autodiff -> passes -> codegen. Arguments are validated
+here, before any compiled code runs, so a user sees a clear ValueError/TypeError naming the
+argument, never a Numba typing error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import codegen
+from .autodiff import name_gradients, value_and_grad
+from .engine import Value, topological_order
+from .ir import Func, verify
+from .passes import optimize as run_passes
+from .trace import Traced, as_outputs, trace
+
+__all__ = ["Compiled", "compile"]
+
+REDUCTIONS = ("sum", "mean", "none")
+
+
+def compile(  # noqa: A001 - the public name is pinned by the design
+    outputs: Value | Iterable[Value],
+    wrt: Sequence[Value] | None = None,
+    inputs: Sequence[Value] = (),
+    *,
+    backend: str = "numba",
+    optimize: bool = True,
+    name: str | None = None,
+) -> Compiled:
+    """Compile a Value graph into one function returning its value and gradient.
+
+    Args:
+        outputs: a Value, or a list of Values (then the gradient is the Jacobian).
+        wrt: the leaves to differentiate by, in order (the ``params`` of each call). By default
+            every leaf that is not in `inputs` and was not made from a Python number.
+        inputs: leaves whose value changes per call (the ``inputs`` of each call).
+        backend: "numba" (JIT-compiled, the default) or "python" (the same source, not JIT'd).
+        optimize: run the passes (folding, simplification, CSE, DCE) before generating code.
+        name: the generated function's name (sanitised); default "f".
+    Returns:
+        a `Compiled` function object. Leaves in neither `wrt` nor `inputs` are frozen constants.
+    """
+    if backend not in codegen.BACKENDS:
+        raise ValueError(f"backend must be one of {codegen.BACKENDS}, got {backend!r}")
+    outs = as_outputs(outputs)
+    inputs = _leaf_list(inputs, "inputs")
+    if wrt is None:
+        given = {id(v) for v in inputs}
+        wrt = [
+            v for v in topological_order(outs)
+            if not v._prev and not v._lit and id(v) not in given
+        ]
+    wrt = _leaf_list(wrt, "wrt")
+    fname = _func_name(name)
+    stats: dict[str, Any] = {"backend": backend, "nodes": {}, "seconds": {}}
+    t0 = time.perf_counter()
+    traced = trace(outs, wrt, inputs, name=fname)
+    _stage(stats, "trace", traced.func, t0)
+    t = time.perf_counter()
+    grad_func = value_and_grad(traced.func, len(wrt))
+    _stage(stats, "autodiff", grad_func, t)
+    fwd_func = traced.func
+    if optimize:
+        t = time.perf_counter()
+        grad_func, log = run_passes(grad_func)
+        fwd_func, _ = run_passes(fwd_func)
+        for pname, n, _sec in log:
+            stats["nodes"].setdefault(pname, n)  # after the first round of each pass
+        stats["passes"] = log
+        stats["seconds"]["passes"] = time.perf_counter() - t
+    grad_func = verify(name_gradients(grad_func, len(outs), len(wrt)))
+    verify(fwd_func)
+    stats["nodes"]["final"] = len(grad_func.body)
+    return Compiled(traced, grad_func, fwd_func, backend, stats, t0)
+
+
+def _stage(stats: dict[str, Any], stage: str, func: Func, t0: float) -> None:
+    stats["nodes"][stage] = len(func.body)
+    stats["seconds"][stage] = time.perf_counter() - t0
+
+
+def _func_name(name: str | None) -> str:
+    from .ir import sanitize
+
+    if name is None:
+        return "f"
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a str, got {type(name).__name__}")
+    return sanitize(name) or "f"
+
+
+def _leaf_list(leaves: Any, what: str) -> list[Value]:
+    if isinstance(leaves, Value):
+        return [leaves]
+    if isinstance(leaves, (str, bytes)) or not isinstance(leaves, Iterable):
+        raise TypeError(f"{what}: expected a list of Value leaves, got {type(leaves).__name__}")
+    return list(leaves)
+
+
+class Compiled:
+    """A compiled value-and-gradient function of a Value graph.
+
+    Call it as ``value, grad = f(params, inputs)``; see `compile`. Attributes: `ir` (the optimised
+    IR, printable), `forward_ir`, `source` (the generated Python module), `stats`, `backend`,
+    `wrt_names`, `input_names`, `n_out`.
+    """
+
+    def __init__(
+        self, traced: Traced, grad_func: Func, fwd_func: Func, backend: str,
+        stats: dict[str, Any], t0: float,
+    ) -> None:
+        self.backend = backend
+        self.ir = grad_func
+        self.forward_ir = fwd_func
+        self.traced_ir = traced.func
+        self._wrt = traced.wrt
+        self._inputs = traced.inputs
+        self.n_params = len(traced.wrt)
+        self.n_inputs = len(traced.inputs)
+        self.n_out = len(traced.outputs)
+        self.stats = stats
+        self.name = traced.func.name
+        layout = codegen.Layout(self.n_params, self.n_out, with_grad=True)
+        t = time.perf_counter()
+        self.source = codegen.build_module(grad_func, fwd_func, self.name, layout)
+        stats["seconds"]["codegen"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self._k = codegen.load(self.source, self.name, backend)
+        codegen.compile_now(self._k, "value_and_grad")
+        stats["seconds"]["jit"] = time.perf_counter() - t
+        stats["seconds"]["total"] = time.perf_counter() - t0
+
+    # ---- names and defaults --------------------------------------------------------------------
+
+    @property
+    def wrt_names(self) -> list[str]:
+        """Labels of the `wrt` leaves, in parameter order."""
+        return [v.label for v in self._wrt]
+
+    @property
+    def input_names(self) -> list[str]:
+        """Labels of the `inputs` leaves, in input order."""
+        return [v.label for v in self._inputs]
+
+    def current_params(self) -> np.ndarray:
+        """The `wrt` leaves' current ``.data``, the default `params`."""
+        return np.array([v.data for v in self._wrt], dtype=np.float64)
+
+    def current_inputs(self) -> np.ndarray:
+        """The `inputs` leaves' current ``.data``, the default `inputs`."""
+        return np.array([v.data for v in self._inputs], dtype=np.float64)
+
+    # ---- calls ---------------------------------------------------------------------------------
+
+    def __call__(self, params: Any = None, inputs: Any = None) -> tuple[Any, np.ndarray]:
+        """Value and gradient at `params` and `inputs` (each defaults to the leaves' ``.data``).
+
+        Returns:
+            ``(value, grad)``: a float and a ``(len(wrt),)`` array for one output; an
+            ``(n_out,)`` array and the ``(n_out, len(wrt))`` Jacobian for several.
+        """
+        p = self._params(params)
+        x = self._row(inputs)
+        out = np.zeros(self.n_out)
+        grad = np.zeros((self.n_out, self.n_params))
+        self._run(self._k.value_and_grad, p, x, out, grad)
+        if self.n_out == 1:
+            return float(out[0]), grad[0]
+        return out, grad
+
+    def forward(self, params: Any = None, inputs: Any = None) -> Any:
+        """The value only (a float, or an ``(n_out,)`` array for several outputs)."""
+        p = self._params(params)
+        x = self._row(inputs)
+        out = np.zeros(self.n_out)
+        self._run(self._k.forward, p, x, out)
+        return float(out[0]) if self.n_out == 1 else out
+
+    def batch(self, params: Any, X: Any, reduce: str = "sum") -> tuple[np.ndarray, np.ndarray]:
+        """Values and gradients over the rows of `X`, looping inside compiled code.
+
+        Args:
+            params: ``len(wrt)`` floats, or None for the leaves' current ``.data``.
+            X: an ``(N, len(inputs))`` array, one example a row.
+            reduce: "sum" (gradients summed over rows), "mean" (averaged) or "none" (one per row).
+        Returns:
+            ``(values, grad)``: values ``(N,)`` (``(N, n_out)`` for several outputs); grad
+            ``(len(wrt),)`` for "sum"/"mean", ``(N, len(wrt))`` for "none" (with an ``n_out`` axis
+            after N for several outputs).
+        """
+        if reduce not in REDUCTIONS:
+            raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+        p = self._params(params)
+        Xa = self._matrix(X)
+        n = Xa.shape[0]
+        values = np.zeros((n, self.n_out))
+        if reduce == "none":
+            grads = np.zeros((n, self.n_out, self.n_params))
+            self._run(self._k.batch_rows, p, Xa, values, grads)
+            g = grads[:, 0, :] if self.n_out == 1 else grads
+        else:
+            acc = np.zeros((self.n_out, self.n_params))
+            self._run(self._k.batch_sum, p, Xa, values, acc)
+            if reduce == "mean":
+                acc /= n
+            g = acc[0] if self.n_out == 1 else acc
+        return (values[:, 0] if self.n_out == 1 else values), g
+
+    def batch_forward(self, params: Any, X: Any) -> np.ndarray:
+        """Values only over the rows of `X`: ``(N,)``, or ``(N, n_out)`` for several outputs."""
+        p = self._params(params)
+        Xa = self._matrix(X)
+        values = np.zeros((Xa.shape[0], self.n_out))
+        self._run(self._k.batch_forward, p, Xa, values)
+        return values[:, 0] if self.n_out == 1 else values
+
+    def _run(self, fn: Any, *arrays: np.ndarray) -> None:
+        if self.backend == "python":
+            with np.errstate(all="ignore"):  # IEEE results, as Numba's error_model="numpy"
+                fn(*arrays)
+        else:
+            fn(*arrays)
+
+    # ---- validation ----------------------------------------------------------------------------
+
+    def _params(self, params: Any) -> np.ndarray:
+        if params is None:
+            return self.current_params()
+        return _vector(params, self.n_params, "params", "len(wrt)")
+
+    def _row(self, inputs: Any) -> np.ndarray:
+        if inputs is None:
+            return self.current_inputs()
+        return _vector(inputs, self.n_inputs, "inputs", "len(inputs)")
+
+    def _matrix(self, X: Any) -> np.ndarray:
+        a = _floats(X, "X")
+        if a.ndim != 2:
+            raise ValueError(
+                f"X: expected a 2-D array of shape (N, {self.n_inputs}), got shape {a.shape}"
+            )
+        if a.shape[1] != self.n_inputs:
+            raise ValueError(
+                f"X: expected {self.n_inputs} column(s) (one per input), got shape {a.shape}"
+            )
+        if a.shape[0] == 0:
+            raise ValueError("X: the batch is empty (0 rows)")
+        return np.ascontiguousarray(a)
+
+    def __repr__(self) -> str:
+        sec = self.stats["seconds"].get("total", 0.0)
+        return (
+            f"<Compiled {self.name}: {self.n_params} param(s), {self.n_inputs} input(s), "
+            f"{self.n_out} output(s), {len(self.ir.body)} instructions, backend={self.backend}, "
+            f"compiled in {sec:.3f}s>"
+        )
+
+
+def _floats(a: Any, what: str) -> np.ndarray:
+    if isinstance(a, (str, bytes)):
+        raise TypeError(f"{what}: expected numbers, got {type(a).__name__} {a!r:.40}")
+    if isinstance(a, Value) or (isinstance(a, (list, tuple)) and any(isinstance(v, Value) for v in a)):
+        raise TypeError(f"{what}: expected floats, got Value objects (pass their .data)")
+    try:
+        arr = np.asarray(a)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{what}: could not read as an array of floats ({e})") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{what}: expected real numbers, got an array of dtype {arr.dtype} "
+            f"(e.g. {arr.flat[0]!r:.40})" if arr.size else f"{what}: expected real numbers, got dtype {arr.dtype}"
+        )
+    return np.asarray(arr, dtype=np.float64)
+
+
+def _vector(a: Any, n: int, what: str, expected: str) -> np.ndarray:
+    arr = _floats(a, what)
+    if arr.ndim != 1:
+        raise ValueError(f"{what}: expected a 1-D sequence of {n} floats ({expected}), got shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise ValueError(f"{what}: expected {n} value(s) ({expected}), got {arr.shape[0]}")
+    return np.ascontiguousarray(arr)

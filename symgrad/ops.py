@@ -1,0 +1,266 @@
+"""The op table: one entry per primitive, the single source of truth for every stage.
+
+Imports nothing from symgrad. Each `OpDef` holds, side by side, what every stage needs to know
+about a primitive: its arity and static parameters, its numeric rule (IEEE semantics, never a
+Python exception), its vector-Jacobian rule, its source template and its sympy counterpart. The
+engine, the tracer, autodiff, the passes, codegen and the sympy bridge are generic over `OPS`, so
+adding an op touches this file only.
+
+Derivative rules are written once and run in two worlds: on floats (the interpreted engine's
+`backward`) and on IR handles (autodiff emits them as IR instructions). So a rule may use `+`, `-`,
+`*` and unary `-` on its arguments (never raising on floats) and must call ops such as `DIV`, `POW`,
+`EXP` for anything else, which keeps IEEE semantics on floats: `1.0 / 0.0` would raise, `DIV(1, 0)`
+is inf.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["OPS", "OpDef", "defop", "apply", "format_literal"]
+
+
+@dataclass(frozen=True, eq=False)
+class OpDef:
+    """One primitive of the op table.
+
+    Attributes:
+        name: the IR name, printed as ``v3 = tanh(v2)``; also the sympy/numpy-style user name.
+        arity: number of operands (Values in the engine, atoms in the IR).
+        impl: numeric rule on floats with IEEE semantics (nan/inf, never an exception).
+        vjp: ``(ct, out, *args, **params) -> tuple`` with one cotangent (or None for "zero")
+            per operand. Arguments are floats or IR handles; see the module docstring.
+        py: source template over operands ``{0}``, ``{1}`` and parameters ``{p}``.
+        sympy: ``(*sympy_args, **params) -> sympy expression``; takes the sympy module first.
+        symbol: the ``Value._op`` string (micrograd's spelling: ``+``, ``*``, ``**2``, ``ReLU``).
+        params: names of static (non-differentiable) float parameters, e.g. pow's exponent.
+        domain: where tests may sample operands (the rule and sympy agree there).
+        commutative: operands may be swapped (CSE canonicalises their order).
+        kinks: points where the derivative is a convention, kept away from in sympy tests.
+    """
+
+    name: str
+    arity: int
+    impl: Callable[..., float]
+    vjp: Callable[..., tuple[Any, ...]]
+    py: str
+    sympy: Callable[..., Any]
+    symbol: str
+    params: tuple[str, ...] = ()
+    domain: tuple[float, float] = (-math.inf, math.inf)
+    commutative: bool = False
+    kinks: tuple[float, ...] = field(default=())
+
+    def __call__(self, *args: Any, **params: float) -> Any:
+        """Apply the op to floats (eagerly), Values (builds a graph) or IR handles (emits)."""
+        return apply(self, args, params)
+
+    def op_symbol(self, params: dict[str, float]) -> str:
+        """The micrograd-style ``_op`` string for this op with these parameters."""
+        return self.symbol.format(**{k: _short(v) for k, v in params.items()})
+
+    def __repr__(self) -> str:
+        return f"OpDef({self.name!r}, arity={self.arity})"
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def defop(name: str, arity: int, **fields: Any) -> OpDef:
+    """Create an `OpDef`, register it in `OPS` and return it."""
+    if name in OPS:
+        raise ValueError(f"op {name!r} is already defined")
+    op = OpDef(name=name, arity=arity, **fields)
+    OPS[name] = op
+    return op
+
+
+def apply(op: OpDef, args: tuple[Any, ...], params: dict[str, float]) -> Any:
+    """Dispatch an op on its operands.
+
+    An operand type takes part by defining a ``_symgrad_apply(op, args, params)`` classmethod
+    (the engine's `Value` and the IR's handles do); plain numbers are evaluated with ``op.impl``.
+    """
+    if len(args) != op.arity:
+        raise TypeError(f"{op.name} takes {op.arity} operand(s), got {len(args)}")
+    if set(params) != set(op.params):
+        raise TypeError(f"{op.name} takes parameters {op.params}, got {tuple(params)}")
+    for a in args:
+        hook = getattr(type(a), "_symgrad_apply", None)
+        if hook is not None:
+            return hook(op, args, params)
+    nums = []
+    for i, a in enumerate(args):
+        if isinstance(a, bool) or not isinstance(a, (int, float)):
+            try:
+                a = _as_float(a)
+            except TypeError:
+                raise TypeError(
+                    f"{op.name}: operand {i} must be a number or a Value, "
+                    f"got {type(a).__name__} {a!r:.40}"
+                ) from None
+        nums.append(float(a))
+    return op.impl(*nums, **{k: float(v) for k, v in params.items()})
+
+
+def _as_float(a: Any) -> float:
+    # numpy scalars and other real numbers; arrays and strings are refused
+    import numbers
+
+    if isinstance(a, numbers.Real) and not isinstance(a, bool):
+        return float(a)
+    raise TypeError
+
+
+def _short(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(v)
+
+
+def format_literal(v: float) -> str:
+    """A float as Python source that round-trips: negatives parenthesised, inf/nan via numpy."""
+    if math.isnan(v):
+        return "np.nan"
+    if math.isinf(v):
+        return "np.inf" if v > 0 else "(-np.inf)"
+    s = repr(float(v))
+    return f"({s})" if s.startswith("-") else s
+
+
+# ---- IEEE-safe numeric rules: Python's math raises where IEEE returns inf or nan ----------------
+
+
+def _div(x: float, y: float) -> float:
+    try:
+        return x / y
+    except ZeroDivisionError:
+        if x == 0.0 or math.isnan(x):
+            return math.nan
+        # sign of inf follows the signs of x and of the zero
+        return math.copysign(math.inf, x) * math.copysign(1.0, y)
+
+
+def _pow(x: float, p: float) -> float:
+    try:
+        r = x**p
+    except ZeroDivisionError:  # 0.0 ** negative
+        odd = p.is_integer() and int(p) % 2 == 1
+        return math.copysign(math.inf, x) if odd else math.inf
+    except OverflowError:
+        odd = p.is_integer() and int(p) % 2 == 1
+        return -math.inf if (odd and x < 0) else math.inf
+    if isinstance(r, complex):  # negative base, fractional exponent
+        return math.nan
+    return float(r)
+
+
+def _exp(x: float) -> float:
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
+def _log(x: float) -> float:
+    if x > 0.0:
+        return math.log(x)
+    if x == 0.0:
+        return -math.inf
+    return math.nan  # negative or nan
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + _exp(-x))
+
+
+def _relu(x: float) -> float:
+    # micrograd's spelling: relu(nan) is nan and relu(-0.0) is -0.0
+    return 0.0 if x < 0.0 else x
+
+
+def _step(x: float) -> float:
+    return 1.0 if x > 0.0 else 0.0
+
+
+def _trig(f: Callable[[float], float]) -> Callable[[float], float]:
+    def impl(x: float) -> float:
+        return math.nan if math.isinf(x) else f(x)  # math.sin(inf) raises; IEEE says nan
+
+    impl.__name__ = f.__name__
+    return impl
+
+
+def _sp(name: str) -> Callable[..., Any]:
+    """A sympy counterpart that is a plain sympy function of the same operands."""
+    return lambda sp, *a: getattr(sp, name)(*a)
+
+
+# ---- the table ----------------------------------------------------------------------------------
+# vjp rules take (ct, out, *operands, **params); None means "no contribution".
+
+ADD = defop(
+    "add", 2, impl=lambda x, y: x + y, vjp=lambda ct, out, x, y: (ct, ct),
+    py="{0} + {1}", sympy=lambda sp, x, y: x + y, symbol="+", commutative=True,
+)
+SUB = defop(
+    "sub", 2, impl=lambda x, y: x - y, vjp=lambda ct, out, x, y: (ct, -ct),
+    py="{0} - {1}", sympy=lambda sp, x, y: x - y, symbol="-",
+)
+MUL = defop(
+    "mul", 2, impl=lambda x, y: x * y, vjp=lambda ct, out, x, y: (y * ct, x * ct),
+    py="{0} * {1}", sympy=lambda sp, x, y: x * y, symbol="*", commutative=True,
+)
+DIV = defop(
+    "div", 2, impl=_div,
+    # d(x/y)/dy = -x/y**2 = -out/y
+    vjp=lambda ct, out, x, y: (DIV(ct, y), -DIV(out * ct, y)),
+    py="{0} / {1}", sympy=lambda sp, x, y: x / y, symbol="/",
+)
+NEG = defop(
+    "neg", 1, impl=lambda x: -x, vjp=lambda ct, out, x: (-ct,),
+    py="-{0}", sympy=lambda sp, x: -x, symbol="neg",
+)
+POW = defop(
+    "pow", 1, impl=_pow, params=("p",),
+    # the exponent is a compile-time constant, so only the base gets a cotangent
+    vjp=lambda ct, out, x, p: ((p * POW(x, p=p - 1.0)) * ct,),
+    py="{0} ** {p}", sympy=lambda sp, x, p: x ** sp.nsimplify(p), symbol="**{p}",
+)
+EXP = defop(
+    "exp", 1, impl=_exp, vjp=lambda ct, out, x: (out * ct,),
+    py="np.exp({0})", sympy=_sp("exp"), symbol="exp",
+)
+LOG = defop(
+    "log", 1, impl=_log, vjp=lambda ct, out, x: (DIV(ct, x),),
+    py="np.log({0})", sympy=_sp("log"), symbol="log", domain=(0.0, math.inf),
+)
+TANH = defop(
+    "tanh", 1, impl=math.tanh, vjp=lambda ct, out, x: ((1.0 - out * out) * ct,),
+    py="np.tanh({0})", sympy=_sp("tanh"), symbol="tanh",
+)
+SIGMOID = defop(
+    "sigmoid", 1, impl=_sigmoid, vjp=lambda ct, out, x: ((out * (1.0 - out)) * ct,),
+    py="1.0 / (1.0 + np.exp(-{0}))", sympy=lambda sp, x: 1 / (1 + sp.exp(-x)), symbol="sigmoid",
+)
+STEP = defop(
+    # the derivative of relu; its own derivative is zero wherever it is defined
+    "step", 1, impl=_step, vjp=lambda ct, out, x: (None,),
+    py="1.0 if {0} > 0.0 else 0.0", symbol="step", kinks=(0.0,),
+    sympy=lambda sp, x: sp.Piecewise((1, x > 0), (0, True)),
+)
+RELU = defop(
+    # relu'(0) = 0 (micrograd's convention): the rule reads the output, and step(0) = 0
+    "relu", 1, impl=_relu, vjp=lambda ct, out, x: (STEP(out) * ct,),
+    py="0.0 if {0} < 0.0 else {0}", symbol="ReLU", kinks=(0.0,),
+    sympy=lambda sp, x: sp.Piecewise((x, x > 0), (0, True)),
+)
+SIN = defop(
+    "sin", 1, impl=_trig(math.sin), vjp=lambda ct, out, x: (COS(x) * ct,),
+    py="np.sin({0})", sympy=_sp("sin"), symbol="sin",
+)
+COS = defop(
+    "cos", 1, impl=_trig(math.cos), vjp=lambda ct, out, x: (-(SIN(x) * ct),),
+    py="np.cos({0})", sympy=_sp("cos"), symbol="cos",
+)

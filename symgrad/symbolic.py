@@ -1,0 +1,308 @@
+"""The sympy bridge: Value graphs as sympy expressions, and `check`, the one-line gradient test.
+
+Imports `engine`, `ir`, `trace`, `compiled`; the only library module that imports sympy (lazily).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .engine import Value, topological_order
+from .ir import Func, instr_text, names
+from .ops import OPS
+from .trace import as_outputs
+
+__all__ = ["CheckResult", "GradientMismatch", "check", "to_sympy"]
+
+
+def _sympy() -> Any:
+    import sympy
+
+    return sympy
+
+
+def _number(sp: Any, x: float) -> Any:
+    if math.isfinite(x) and x.is_integer():
+        return sp.Integer(int(x))
+    if math.isnan(x):
+        return sp.nan
+    if math.isinf(x):
+        return sp.oo if x > 0 else -sp.oo
+    return sp.Float(x)  # the exact binary value of the double
+
+
+def leaf_symbols(outputs: Iterable[Value], extra: Sequence[Value] = ()) -> dict[int, Any]:
+    """A sympy Symbol for every non-literal leaf, by ``id``: named after labels, made unique.
+
+    Labelled leaves get their label (a clash gets ``_2``, ``_3``...); unlabelled ones ``x0``,
+    ``x1``...; leaves made from Python numbers by an operator get no symbol (they are numbers).
+    `extra` leaves (e.g. ``wrt`` leaves absent from the graph) get symbols too.
+    """
+    sp = _sympy()
+    leaves = [v for v in topological_order(outputs) if not v._prev and not v._lit]
+    seen = {id(v) for v in leaves}
+    leaves += [v for v in extra if id(v) not in seen and not v._prev]
+    taken = {v.label for v in leaves if v.label}
+    counts: dict[str, int] = {}
+    syms: dict[int, Any] = {}
+    n = 0
+    for v in leaves:
+        if v.label:
+            k = counts.get(v.label, 0) + 1
+            counts[v.label] = k
+            name = v.label if k == 1 else f"{v.label}_{k}"
+            while k > 1 and name in taken:
+                k += 1
+                name = f"{v.label}_{k}"
+            taken.add(name)
+        else:
+            while f"x{n}" in taken:
+                n += 1
+            name = f"x{n}"
+            taken.add(name)
+        syms[id(v)] = sp.Symbol(name, real=True)
+    return syms
+
+
+def to_sympy(outputs: Value | Iterable[Value]) -> Any:
+    """The sympy expression of a Value (or a list of expressions for a list of Values).
+
+    A labelled leaf becomes a real Symbol named after its label (made unique on clashes), a leaf
+    made from a Python number by an operator becomes that number, and any other unlabelled leaf a
+    generated name ``x0``, ``x1``.... relu is ``Piecewise((x, x > 0), (0, True))``, whose
+    derivative at 0 is 0 (micrograd's convention).
+    """
+    outs = as_outputs(outputs)
+    exprs = _expressions(outs, leaf_symbols(outs))
+    res = [exprs[id(o)] for o in outs]
+    return res[0] if isinstance(outputs, Value) else res
+
+
+def _expressions(outs: Sequence[Value], syms: dict[int, Any]) -> dict[int, Any]:
+    sp = _sympy()
+    env: dict[int, Any] = {}
+    for node in topological_order(outs):
+        if not node._prev:
+            env[id(node)] = syms[id(node)] if id(node) in syms else _number(sp, node.data)
+        else:
+            op = node._opdef
+            assert op is not None
+            env[id(node)] = op.sympy(sp, *(env[id(c)] for c in node._prev), **node._params)
+    return env
+
+
+# ---- check ---------------------------------------------------------------------------------------
+
+
+class GradientMismatch(AssertionError):
+    """Raised by `check` when compiled, interpreted and sympy gradients disagree."""
+
+
+@dataclass
+class CheckResult:
+    """What `check` compared: the points, and the largest relative disagreement seen."""
+
+    points: list[dict[str, float]] = field(default_factory=list)
+    max_rel_error: float = 0.0
+    compared: int = 0
+
+
+def check(
+    out: Value | Sequence[Value],
+    wrt: Sequence[Value] | None = None,
+    inputs: Sequence[Value] = (),
+    *,
+    rtol: float = 1e-7,
+    atol: float = 1e-10,
+    points: int = 3,
+    seed: int = 0,
+    backend: str = "numba",
+) -> CheckResult:
+    """Check the compiled gradient against sympy's derivative and the interpreted engine.
+
+    Compares at the leaves' current values and at `points` random points near them (points where
+    anything is not finite are skipped). Passes silently (returning a `CheckResult`); on a
+    mismatch raises `GradientMismatch` with a report naming the parameter, the three numbers and
+    the first IR instruction whose local derivative (the op table's rule) disagrees with sympy.
+
+    Args:
+        out: the Value (or Values) to differentiate.
+        wrt: leaves to differentiate by (default as in `compile`).
+        inputs: leaves treated as inputs; they are varied at the random points too.
+        rtol, atol: tolerance of every comparison, ``|a - b| <= atol + rtol * |b|``.
+        points: how many random points besides the current values.
+        seed: seed of the random points.
+        backend: the compiled backend to test.
+    """
+    from .compiled import compile as sg_compile
+
+    sp = _sympy()
+    outs = as_outputs(out)
+    f = sg_compile(outs, wrt=wrt, inputs=inputs, backend=backend)
+    wrt_l, inp_l = list(f._wrt), list(f._inputs)
+    leaves = wrt_l + inp_l
+    syms = leaf_symbols(outs, leaves)
+    exprs = _expressions(outs, syms)
+    wsyms = [syms[id(w)] for w in wrt_l]
+    lsyms = [syms[id(v)] for v in leaves]
+    grads = [[sp.diff(exprs[id(o)], s) for s in wsyms] for o in outs]
+    lam = sp.lambdify(lsyms, grads, modules="mpmath")
+    names_ = _leaf_names(leaves, syms)
+
+    rng = random.Random(seed)
+    base = [v.data for v in leaves]
+    result = CheckResult()
+    pts = [base] + [[x + rng.gauss(0.0, 0.5) * (1.0 + abs(x)) for x in base] for _ in range(points)]
+    for pt in pts:
+        _, g_comp = f(pt[: len(wrt_l)], pt[len(wrt_l):])
+        g_comp = g_comp.reshape(len(outs), len(wrt_l))
+        g_int = _interpreted_grads(outs, leaves, wrt_l, pt)
+        g_sym = _mp_eval(lam, pt)
+        if g_sym is None or not _all_finite(g_int):
+            continue
+        result.points.append(dict(zip(names_, pt)))
+        for k in range(len(outs)):
+            for j, w in enumerate(wrt_l):
+                a, b, c = float(g_comp[k, j]), g_int[k][j], g_sym[k][j]
+                result.compared += 1
+                for x in (a, b):
+                    err = abs(x - c) / max(abs(c), 1e-300)
+                    result.max_rel_error = max(result.max_rel_error, err)
+                ok = _close(a, c, rtol, atol) and _close(b, c, rtol, atol)
+                if not ok:
+                    raise GradientMismatch(
+                        _report(f, outs, k, names_[j], a, b, c, dict(zip(names_, pt)),
+                                rtol, atol)
+                    )
+    return result
+
+
+def _leaf_names(leaves: Sequence[Value], syms: dict[int, Any]) -> list[str]:
+    return [str(syms[id(v)]) for v in leaves]
+
+
+def _close(a: float, b: float, rtol: float, atol: float) -> bool:
+    return abs(a - b) <= atol + rtol * abs(b)
+
+
+def _all_finite(rows: list[list[float]]) -> bool:
+    return all(math.isfinite(x) for r in rows for x in r)
+
+
+def _mp_eval(lam: Any, pt: Sequence[float]) -> list[list[float]] | None:
+    """sympy's gradient at `pt` in 30-digit mpmath, or None where it is undefined or infinite."""
+    import mpmath
+
+    with mpmath.workdps(30):
+        try:
+            rows = lam(*[mpmath.mpf(x) for x in pt])
+        except (ZeroDivisionError, ValueError, TypeError, OverflowError):
+            return None
+    out: list[list[float]] = []
+    for r in rows:
+        row = []
+        for x in r:
+            if isinstance(x, mpmath.mpc) or not hasattr(x, "__float__"):
+                return None
+            v = float(x)
+            if not math.isfinite(v):
+                return None
+            row.append(v)
+        out.append(row)
+    return out
+
+
+def replay(
+    outs: Sequence[Value], leaf_values: dict[int, float]
+) -> tuple[list[Value], dict[int, Value]]:
+    """A fresh copy of the graph with some leaves' data replaced (by ``id``).
+
+    Returns the copied outputs and the map from original node ``id`` to its copy; the user's
+    graph (its ``.data`` and ``.grad``) is left untouched.
+    """
+    env: dict[int, Value] = {}
+    for node in topological_order(outs):
+        if not node._prev:
+            v = Value(leaf_values.get(id(node), node.data), label=node.label)
+            v._lit = node._lit
+        else:
+            op = node._opdef
+            assert op is not None
+            v = Value._symgrad_apply(op, tuple(env[id(c)] for c in node._prev), node._params)
+            v.label = node.label
+        env[id(node)] = v
+    return [env[id(o)] for o in outs], env
+
+
+def _interpreted_grads(
+    outs: Sequence[Value], leaves: Sequence[Value], wrt: Sequence[Value], pt: Sequence[float]
+) -> list[list[float]]:
+    rows = []
+    for k in range(len(outs)):
+        copies, env = replay(outs, {id(v): x for v, x in zip(leaves, pt)})
+        copies[k].backward()
+        rows.append([env[id(w)].grad if id(w) in env else 0.0 for w in wrt])
+    return rows
+
+
+def _report(
+    f: Any, outs: Sequence[Value], k: int, pname: str, comp: float, interp: float, sym: float,
+    point: dict[str, float], rtol: float, atol: float,
+) -> str:
+    lines = [
+        f"gradient mismatch for d(output {k})/d({pname}) at {point}:",
+        f"  compiled    {comp!r}",
+        f"  interpreted {interp!r}",
+        f"  sympy       {sym!r}",
+    ]
+    culprit = first_bad_rule(f.traced_ir, list(point.values()), rtol, atol)
+    if culprit:
+        lines.append("  first instruction whose local derivative disagrees with sympy:")
+        lines.append("    " + culprit)
+    else:
+        lines.append("  every instruction's local derivative agrees with sympy at this point")
+    return "\n".join(lines)
+
+
+def first_bad_rule(func: Func, args: Sequence[float], rtol: float = 1e-7, atol: float = 1e-10) -> str:
+    """Walk `func` at `args`; describe the first instruction whose vjp rule disagrees with sympy.
+
+    Each op's rule (evaluated with ct = 1) is compared with ``sympy.diff`` of its sympy
+    counterpart at the instruction's operand values. Returns "" when all agree.
+    """
+    import mpmath
+
+    sp = _sympy()
+    nm = names(func)
+    env = dict(zip(func.args, map(float, args)))
+    for ins in func.body:
+        vals = [a.value if not hasattr(a, "id") else env[a] for a in ins.args]
+        op = OPS[ins.op]
+        params = ins.param_dict()
+        out = op.impl(*vals, **params)
+        env[ins.out] = out
+        rule = op.vjp(1.0, out, *vals, **params)
+        xs = sp.symbols(f"a0:{op.arity}", real=True)
+        expr = op.sympy(sp, *xs, **params)
+        for i, r in enumerate(rule):
+            want_expr = sp.diff(expr, xs[i])
+            with mpmath.workdps(30):
+                try:
+                    w = complex(sp.lambdify(xs, want_expr, "mpmath")(*map(mpmath.mpf, vals)))
+                except (ZeroDivisionError, ValueError, TypeError, OverflowError):
+                    continue
+            if w.imag != 0.0 or not math.isfinite(w.real):
+                continue
+            got = 0.0 if r is None else float(r)
+            if not math.isfinite(got):
+                continue
+            if not _close(got, w.real, rtol, atol):
+                return (
+                    f"{instr_text(ins, nm)}  (op {ins.op!r}, operand {i} = {vals[i]!r}): "
+                    f"the op table's rule gives {got!r}, sympy.diff gives {w.real!r}"
+                )
+    return ""
