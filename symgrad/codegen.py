@@ -1,15 +1,14 @@
-"""Code generation: IR -> Python source -> a callable (plain Python or Numba-JIT'd).
+"""Code generation: IR -> Python source -> callables (plain Python or Numba-JIT'd).
 
-Imports `ops` and `ir` (and numba, lazily, for the "numba" backend). The source mirrors the IR
-line for line: one assignment per instruction, the same names, derivative provenance as comments.
-Source is compiled with a unique filename registered in `linecache`, so tracebacks and `inspect`
-show the generated lines. User text never reaches the source except as sanitised identifiers.
+Imports `ops` and `ir` (numba lazily, for the "numba" backend). The source mirrors the IR line
+for line: one assignment per instruction, the same names, derivative provenance as comments. It
+is compiled under a unique filename registered in `linecache`, so tracebacks and `inspect` show
+the generated lines. User text reaches the source only as sanitised identifiers.
 
-Every generated module holds "kernels" with one calling convention, which the batched and
-large-graph lowerings reuse without touching this file's line-by-line emitter:
-
-    kernel(params, inputs, out, grad)   # reads params[j], inputs[i]; writes out[k];
-                                        # adds the Jacobian into grad[k, j] (so batches accumulate)
+A `Layout` says which 1-D arrays a `Func`'s arguments are read from and which arrays its results
+go to; the generated kernel is ``name(*arg_arrays, *result_arrays)``. Result arrays marked
+`accumulate` are added into (``grad[0, 3] += w_bar``), so batch loops can sum gradients without
+allocating one row per example. The batch loops are generated from the same layout.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import itertools
 import linecache
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,23 +25,37 @@ import numpy as np
 from .ir import Const, Func, Instr, Var, atom_text, instr_text, names
 from .ops import OPS, format_literal
 
-__all__ = ["Kernels", "Layout", "build_module", "instr_source", "kernel_source", "load"]
+__all__ = ["BACKENDS", "Layout", "Module", "instr_source", "kernel_source", "load", "module_source"]
 
 BACKENDS = ("numba", "python")
+
+# batch loops split the rows into this many chunks (fewer for small batches), each with its own
+# gradient accumulator, summed in chunk order: the result does not depend on the thread count
+N_CHUNKS = 64
+
+# batches with at least this many rows run on all cores (numba backend)
+PARALLEL_ROWS = 2048
 
 
 @dataclass(frozen=True)
 class Layout:
-    """How a `Func`'s arguments and results map onto kernel arrays.
+    """Where a kernel reads its arguments and writes its results.
 
-    Arguments ``0 .. n_params-1`` come from ``params``, the rest from ``inputs``. Results
-    ``0 .. n_out-1`` are values written to ``out``; the rest, if any, are the row-major Jacobian
-    ``(n_out, n_params)`` added into ``grad``.
+    Attributes:
+        args: ``(array name, length)`` pairs; the function's arguments are read in this order.
+        results: ``(array name, shape)`` pairs; the function's results fill them row-major.
+        accumulate: result arrays that are added into instead of assigned.
+        per_row: argument arrays that hold one row per example in batch loops (e.g. "inputs").
     """
 
-    n_params: int
-    n_out: int
-    with_grad: bool
+    args: tuple[tuple[str, int], ...]
+    results: tuple[tuple[str, tuple[int, ...]], ...]
+    accumulate: frozenset[str] = field(default_factory=frozenset)
+    per_row: frozenset[str] = field(default_factory=frozenset)
+
+    def arrays(self) -> list[str]:
+        """The kernel's parameter names, in order."""
+        return [a for a, _ in self.args] + [r for r, _ in self.results]
 
 
 def instr_source(ins: Instr, nm: dict[Var, str]) -> str:
@@ -57,13 +70,21 @@ def instr_source(ins: Instr, nm: dict[Var, str]) -> str:
 
 
 def kernel_source(func: Func, name: str, layout: Layout) -> str:
-    """The kernel ``name(params, inputs, out[, grad])`` for `func` as Python source."""
+    """The kernel for `func` as Python source: one line per argument, instruction and result."""
+    n_args = sum(n for _, n in layout.args)
+    n_res = sum(int(np.prod(s)) for _, s in layout.results)
+    if n_args != len(func.args) or n_res != len(func.results):
+        raise ValueError(
+            f"layout has {n_args} argument(s) and {n_res} result(s); "
+            f"{func.name} has {len(func.args)} and {len(func.results)}"
+        )
     nm = names(func)
-    sig = "params, inputs, out, grad" if layout.with_grad else "params, inputs, out"
-    lines = [f"def {name}({sig}):"]
-    for j, a in enumerate(func.args):
-        src = f"params[{j}]" if j < layout.n_params else f"inputs[{j - layout.n_params}]"
-        lines.append(f"    {nm[a]} = {src}")
+    lines = [f"def {name}({', '.join(layout.arrays())}):"]
+    j = 0
+    for arr, n in layout.args:
+        for i in range(n):
+            lines.append(f"    {nm[func.args[j]]} = {arr}[{i}]")
+            j += 1
     section = ""
     last_note = ""
     for ins in func.body:
@@ -77,114 +98,165 @@ def kernel_source(func: Func, name: str, layout: Layout) -> str:
                 lines.append(f"    {note}")
                 last_note = note
         lines.append(f"    {instr_source(ins, nm)}")
-    for k in range(layout.n_out):
-        lines.append(f"    out[{k}] = {atom_text(func.results[k], nm)}")
-    if layout.with_grad:
-        jac = func.results[layout.n_out:]
-        for idx, r in enumerate(jac):
-            if isinstance(r, Const) and r == Const(0.0):
-                continue  # the accumulator starts at +0.0: adding +0.0 changes nothing
-            k, j = divmod(idx, layout.n_params)
-            lines.append(f"    grad[{k}, {j}] += {atom_text(r, nm)}")
+    r = 0
+    for arr, shape in layout.results:
+        acc = arr in layout.accumulate
+        for idx in np.ndindex(*shape):
+            res = func.results[r]
+            r += 1
+            if acc and isinstance(res, Const) and res == Const(0.0):
+                continue  # accumulators start at +0.0: adding +0.0 changes nothing
+            at = ", ".join(map(str, idx))
+            lines.append(f"    {arr}[{at}] {'+=' if acc else '='} {atom_text(res, nm)}")
     lines.append("    return")
     return "\n".join(lines) + "\n"
 
 
-BATCH_TEMPLATE = '''
-def {name}_batch_sum(params, X, values, grad):
-    for i in range(X.shape[0]):
-        {name}_value_and_grad(params, X[i], values[i], grad)
+def batch_source(kernel: str, layout: Layout) -> str:
+    """Batch loops over rows for `kernel`: ``_rows`` and, given accumulators, ``_sum``.
+
+    Per-row argument arrays become 2-D (row i is ``X[i]``), assigned results gain a leading row
+    axis, accumulated results are summed over rows (``_sum``, chunked and parallel) or kept per
+    row (``_rows``). ``prange`` is numba's parallel range, or plain ``range`` in Python.
+    """
+    arrs = layout.arrays()
+    acc = [r for r, _ in layout.results if r in layout.accumulate]
+    shapes = dict(layout.results)
+
+    def call(row: str, acc_expr: Callable[[str], str]) -> str:
+        parts = []
+        for a in arrs:
+            if a in layout.per_row or (a in shapes and a not in layout.accumulate):
+                parts.append(f"{a}[{row}]")
+            elif a in layout.accumulate:
+                parts.append(acc_expr(a))
+            else:
+                parts.append(a)
+        return f"{kernel}({', '.join(parts)})"
+
+    first = next(a for a in arrs if a in layout.per_row or a in shapes)
+    sig = ", ".join(arrs)
+    lines = [f"def {kernel}_rows({sig}):"]
+    lines.append(f"    for i in prange({first}.shape[0]):")
+    lines.append(f"        {call('i', lambda a: f'{a}[i]')}")
+    if not acc:
+        return "\n".join(lines) + "\n"
+    lines.append("")
+    lines.append("")
+    lines.append(f"def {kernel}_sum({sig}):")
+    lines.append(f"    n = {first}.shape[0]")
+    lines.append(f"    n_chunks = min(n, {N_CHUNKS})")
+    for a in acc:
+        dims = ", ".join(["n_chunks"] + [str(d) for d in shapes[a]])
+        lines.append(f"    {a}_chunks = np.zeros(({dims}))")
+    lines.append("    for c in prange(n_chunks):")
+    lines.append("        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):")
+    lines.append(f"            {call('i', lambda a: f'{a}_chunks[c]')}")
+    lines.append("    for c in range(n_chunks):  # in chunk order: deterministic")
+    for a in acc:
+        lines.append(f"        {a} += {a}_chunks[c]")
+    return "\n".join(lines) + "\n"
 
 
-def {name}_batch_rows(params, X, values, grads):
-    for i in range(X.shape[0]):
-        {name}_value_and_grad(params, X[i], values[i], grads[i])
-
-
-def {name}_batch_forward(params, X, values):
-    for i in range(X.shape[0]):
-        {name}_forward(params, X[i], values[i])
-'''
-
-
-def build_module(grad_func: Func, fwd_func: Func, name: str, layout: Layout) -> str:
-    """The whole generated module: value-and-grad kernel, forward kernel, batch loops."""
-    header = (
-        f"# generated by symgrad: {name}, {layout.n_params} parameter(s), "
-        f"{len(grad_func.args) - layout.n_params} input(s), {layout.n_out} output(s)\n"
-        "import numpy as np\n\n\n"
-    )
-    fwd_layout = Layout(layout.n_params, layout.n_out, with_grad=False)
-    return (
-        header
-        + kernel_source(grad_func, f"{name}_value_and_grad", layout)
-        + "\n\n"
-        + kernel_source(fwd_func, f"{name}_forward", fwd_layout)
-        + "\n"
-        + BATCH_TEMPLATE.format(name=name)
-    )
+def module_source(header: str, kernels: list[tuple[Func, str, Layout]]) -> str:
+    """A whole generated module: a header comment, then each kernel and its batch loops."""
+    parts = [f"# {line}" for line in header.splitlines()] + ["import numpy as np", "", ""]
+    out = "\n".join(parts) + "\n"
+    chunks = []
+    for func, name, layout in kernels:
+        chunks.append(kernel_source(func, name, layout))
+        chunks.append(batch_source(name, layout))
+    return out + "\n\n".join(chunks)
 
 
 _counter = itertools.count()
 _lock = threading.Lock()
 
 
-def _exec_source(source: str, name: str) -> dict[str, Any]:
+def exec_source(source: str, name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Execute generated source under a unique filename that `linecache` can show."""
     with _lock:
         filename = f"<symgrad:{name}:{next(_counter)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace: dict[str, Any] = {"__name__": "symgrad._generated", "np": np}
+    namespace: dict[str, Any] = {"__name__": "symgrad._generated", "np": np, "prange": range}
+    namespace.update(extra or {})
     exec(compile(source, filename, "exec"), namespace)
     return namespace
 
 
-@dataclass
-class Kernels:
-    """The callables of one generated module, by role."""
-
-    value_and_grad: Callable[..., None]
-    forward: Callable[..., None]
-    batch_sum: Callable[..., None]
-    batch_rows: Callable[..., None]
-    batch_forward: Callable[..., None]
-
-
-# numba signatures: all arrays C-contiguous float64
-_SIGS = {
-    "value_and_grad": "void(float64[::1], float64[::1], float64[::1], float64[:, ::1])",
-    "forward": "void(float64[::1], float64[::1], float64[::1])",
-    "batch_sum": "void(float64[::1], float64[:, ::1], float64[:, ::1], float64[:, ::1])",
-    "batch_rows": "void(float64[::1], float64[:, ::1], float64[:, ::1], float64[:, :, ::1])",
-    "batch_forward": "void(float64[::1], float64[:, ::1], float64[:, ::1])",
-}
+def _sig(layout: Layout, batch: str | None) -> str:
+    """The numba signature of a kernel (batch None) or of its ``rows``/``sum`` loop."""
+    shapes = dict(layout.results)
+    types = []
+    for a in layout.arrays():
+        nd = len(shapes[a]) if a in shapes else 1
+        if batch is not None and (
+            a in layout.per_row
+            or (a in shapes and a not in layout.accumulate)
+            or (batch == "rows" and a in layout.accumulate)
+        ):
+            nd += 1
+        types.append("float64[" + ", ".join([":"] * (nd - 1) + ["::1"]) + "]")
+    return f"void({', '.join(types)})"
 
 
-def load(source: str, name: str, backend: str) -> Kernels:
-    """Compile generated module source with `backend` ("numba" or "python").
+class Module:
+    """The compiled callables of one generated module: ``kernel(name)``, ``rows``, ``sum``.
 
-    With "numba" each kernel is wrapped in ``numba.njit(error_model="numpy")`` (IEEE division:
-    ``1/0`` is inf, not an exception) and compiled lazily on first use; `compile_now` forces it.
+    With the "numba" backend every function is ``numba.njit(error_model="numpy")`` (IEEE
+    division: ``1/0`` is inf, not an exception); kernels compile when `kernel` is first asked
+    for, the batch loops (``parallel=True``) on first use.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    ns = _exec_source(source, name)
-    fns = {role: ns[f"{name}_{role}"] for role in _SIGS}
-    if backend == "numba":
+
+    def __init__(self, source: str, name: str, backend: str,
+                 layouts: dict[str, Layout]) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.source = source
+        self.backend = backend
+        self.layouts = layouts
+        extra: dict[str, Any] = {}
+        if backend == "numba":
+            import numba
+
+            extra["prange"] = numba.prange
+        self._ns = exec_source(source, name, extra)
+        self._compiled: dict[str, Callable[..., None]] = {}
+        self._lock = threading.Lock()
+
+    def get(
+        self, kernel: str, batch: str | None = None, parallel: bool = False
+    ) -> Callable[..., None]:
+        """The callable for `kernel` (batch None), or for its "rows" / "sum" loop.
+
+        `parallel` picks the multi-threaded build of a loop (numba only). Both builds split rows
+        into the same chunks, so they give the same numbers; the parallel one costs about a
+        second more to compile, which pays off on large batches only.
+        """
+        parallel = parallel and batch is not None and self.backend == "numba"
+        key = kernel if batch is None else f"{kernel}_{batch}"
+        if parallel:
+            key += "/parallel"
+        fn = self._compiled.get(key)
+        if fn is not None:
+            return fn
+        with self._lock:  # compile once even when several threads call at once
+            fn = self._compiled.get(key)
+            if fn is None:
+                fn = self._build(kernel, batch, parallel)
+                self._compiled[key] = fn
+        return fn
+
+    def _build(self, kernel: str, batch: str | None, parallel: bool) -> Callable[..., None]:
+        py = self._ns[kernel if batch is None else f"{kernel}_{batch}"]
+        if self.backend == "python":
+            return py  # type: ignore[no-any-return]
         import numba
 
-        jit = numba.njit(error_model="numpy", cache=False)
-        # the batch loops call the kernels through the module globals: re-bind them to the
-        # jitted versions so numba compiles one call into the other
-        for role in ("value_and_grad", "forward"):
-            ns[f"{name}_{role}"] = fns[role] = jit(fns[role])
-        for role in ("batch_sum", "batch_rows", "batch_forward"):
-            fns[role] = jit(fns[role])
-    return Kernels(**fns)
-
-
-def compile_now(kernels: Kernels, role: str) -> None:
-    """Compile one numba kernel for its signature now (no-op for plain Python)."""
-    fn = getattr(kernels, role)
-    if hasattr(fn, "compile"):
-        fn.compile(_SIGS[role])
+        if batch is not None:
+            self._ns[kernel] = self.get(kernel)  # the loop calls the jitted kernel
+        jit = numba.njit(error_model="numpy", parallel=parallel)
+        fn = jit(py)
+        fn.compile(_sig(self.layouts[kernel], batch))
+        fn.disable_compile()  # no silent recompiles for other argument types
+        return fn  # type: ignore[no-any-return]
