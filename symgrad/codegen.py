@@ -27,7 +27,7 @@ from .ops import OPS, format_literal
 
 __all__ = ["BACKENDS", "Layout", "Module", "instr_source", "kernel_source", "load", "module_source"]
 
-BACKENDS = ("numba", "python")
+BACKENDS = ("numba", "python", "tape")
 
 # batch loops split the rows into this many chunks (fewer for small batches), each with its own
 # gradient accumulator, summed in chunk order: the result does not depend on the thread count
@@ -210,8 +210,8 @@ class Module:
 
     def __init__(self, source: str, name: str, backend: str,
                  layouts: dict[str, Layout]) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend not in ("numba", "python"):
+            raise ValueError(f"a generated module runs on 'numba' or 'python', not {backend!r}")
         self.source = source
         self.backend = backend
         self.layouts = layouts
