@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import cache
 from .ir import Const, Func, Instr, Var, atom_text, instr_text, names
 from .ops import OPS, format_literal
 
@@ -215,12 +216,18 @@ class Module:
         self.source = source
         self.backend = backend
         self.layouts = layouts
-        extra: dict[str, Any] = {}
+        self._cached = False
         if backend == "numba":
             import numba
 
-            extra["prange"] = numba.prange
-        self._ns = exec_source(source, name, extra)
+            mod = cache.load_module(source, name, {"prange": numba.prange})
+            if mod is not None:
+                self._ns = mod.__dict__
+                self._cached = True
+            else:
+                self._ns = exec_source(source, name, {"prange": numba.prange})
+        else:
+            self._ns = exec_source(source, name)
         self._compiled: dict[str, Callable[..., None]] = {}
         self._lock = threading.Lock()
 
@@ -255,8 +262,29 @@ class Module:
 
         if batch is not None:
             self._ns[kernel] = self.get(kernel)  # the loop calls the jitted kernel
-        jit = numba.njit(error_model="numpy", parallel=parallel)
-        fn = jit(py)
-        fn.compile(_sig(self.layouts[kernel], batch))
-        fn.disable_compile()  # no silent recompiles for other argument types
-        return fn  # type: ignore[no-any-return]
+        return jit_compile(py, _sig(self.layouts[kernel], batch), parallel, self._cached,
+                           self._ns.get("__file__"))
+
+
+def jit_compile(py: Callable[..., None], sig: str, parallel: bool, cached: bool,
+                module_file: str | None) -> Callable[..., None]:
+    """``numba.njit`` `py` for `sig` (IEEE division), through Numba's disk cache when `cached`.
+
+    A cache entry that fails to load is deleted and rebuilt; if that fails too, the function
+    is compiled without the cache.
+    """
+    import numba
+
+    attempts = (True, True, False) if cached else (False,)
+    for i, use_cache in enumerate(attempts):
+        try:
+            fn = numba.njit(error_model="numpy", parallel=parallel, cache=use_cache)(py)
+            fn.compile(sig)
+            break
+        except Exception:
+            if i == len(attempts) - 1:
+                raise
+            if module_file:
+                cache.drop_numba_cache_file(module_file)
+    fn.disable_compile()  # no silent recompiles for other argument types
+    return fn  # type: ignore[no-any-return]

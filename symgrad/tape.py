@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .codegen import Layout, exec_source
+from . import cache
+from .codegen import Layout, exec_source, jit_compile
 from .ir import Atom, Const, Func, Var
 from .ops import OPS
 
@@ -260,24 +261,30 @@ def interpreter(backend: str) -> Callable[..., None]:
         fn = _interpreters.get(backend)
         if fn is None:
             src = interpreter_source()
-            ns = exec_source(src, "tape")
+            mod = cache.load_module(src, "tape_interpreter", {}) if backend == "numba" else None
+            ns = mod.__dict__ if mod is not None else exec_source(src, "tape")
             fn = ns["run_batch"]
             if backend == "numba":
-                import numba
-
-                jit = numba.njit(error_model="numpy")
-                ns["run_block"] = jit(ns["run_block"])
-                fn = jit(fn)
-                _warm_up(fn)  # compile now, so compile time is paid (and measured) here
+                fn = _jit_interpreter(ns, cached=mod is not None)
             _interpreters[backend] = fn
     return fn
 
 
-def _warm_up(fn: Callable[..., None]) -> None:
-    i0 = np.zeros((0,), np.int64)
-    fn(np.zeros((0, 3), np.int64), i0, i0, i0, np.zeros(0), np.zeros(1, np.int64), i0,
-       np.zeros(0), np.zeros(1, np.int64), 1, BLOCK, np.zeros(1), np.zeros((1, 0)), 1,
-       np.zeros((1, 1)), np.zeros((1, 0)), False)
+_SIG_BLOCK = (
+    "void(int64[:, ::1], int64[::1], int64[::1], int64[::1], float64[::1], float64[:, ::1], "
+    "int64)"
+)
+_SIG_BATCH = (
+    "void(int64[:, ::1], int64[::1], int64[::1], int64[::1], float64[::1], int64[::1], "
+    "int64[::1], float64[::1], int64[::1], int64, int64, float64[::1], float64[:, ::1], int64, "
+    "float64[:, ::1], float64[:, ::1], boolean)"
+)
+
+
+def _jit_interpreter(ns: dict[str, Any], cached: bool) -> Callable[..., None]:
+    f = ns.get("__file__")
+    ns["run_block"] = jit_compile(ns["run_block"], _SIG_BLOCK, False, cached, f)
+    return jit_compile(ns["run_batch"], _SIG_BATCH, False, cached, f)
 
 
 def run(tape: Tape, backend: str, params: np.ndarray, X: np.ndarray, n_out: int,
