@@ -1,13 +1,14 @@
 """symgrad: micrograd's Value, traced to an IR, differentiated on the IR, compiled with Numba.
 
-The public API (see README): `Value`, `compile`, `Compiled`, `to_sympy`, `check`, `draw_dot`,
-the op functions (`tanh`, `exp`, ...) and the pipeline's stages as modules.
+The public API (see README): `Value`, `compile`, `Compiled`, `jvp`, `hvp`, `hessian`, `to_sympy`,
+`check`, `draw_dot`, the op functions (`tanh`, `exp`, ...) and the pipeline's stages as modules.
 """
 
 from .compiled import Compiled, compile
 from .engine import Value
-from .symbolic import CheckResult, GradientMismatch, check, to_sympy
+from .higher import hessian, hvp, jvp
 from .ops import COS, EXP, LOG, OPS, RELU, SIGMOID, SIN, TANH
+from .symbolic import CheckResult, GradientMismatch, check, to_sympy
 
 __version__ = "0.1.0"
 
@@ -15,5 +16,22 @@ __version__ = "0.1.0"
 tanh, exp, log, relu, sigmoid, sin, cos = TANH, EXP, LOG, RELU, SIGMOID, SIN, COS
 
 __all__ = [
-    "OPS", "CheckResult", "Compiled", "GradientMismatch", "Value", "check", "compile", "to_sympy", "cos", "exp", "log", "relu", "sigmoid", "sin", "tanh",
+    "OPS",
+    "CheckResult",
+    "Compiled",
+    "GradientMismatch",
+    "Value",
+    "check",
+    "compile",
+    "cos",
+    "exp",
+    "hessian",
+    "hvp",
+    "jvp",
+    "log",
+    "relu",
+    "sigmoid",
+    "sin",
+    "tanh",
+    "to_sympy",
 ]

@@ -1,9 +1,13 @@
-"""Reverse-mode differentiation as an IR -> IR transform.
+"""Differentiation as IR -> IR transforms: reverse mode, forward mode, and Hessians from both.
 
-Imports `ops` and `ir`. The forward body is replayed, then walked backwards once per output,
-emitting each op's vector-Jacobian rule (from the op table) as IR and summing the contributions
-to reused values in the order the interpreted engine's ``backward()`` adds them. Zero cotangents
-are never materialised: a rule returns None and nothing is emitted.
+Imports `ops` and `ir`. Reverse mode replays the forward body, then walks it backwards once per
+output, emitting each op's vector-Jacobian rule (from the op table) as IR and summing the
+contributions to reused values in the order the interpreted engine's ``backward()`` adds them.
+Forward mode (`jvp`) needs no rules of its own: a scalar op's vjp rule is linear in its
+cotangent, so the tangent of ``out = op(x0, x1)`` is ``vjp(ct=x0_dot)[0] + vjp(ct=x1_dot)[1]``.
+Since every transform's output is IR again, they compose: `jvp` of `value_and_grad` is
+forward-over-reverse, the Hessian-vector product. Zero cotangents and zero tangents are never
+materialised: they are absent, and nothing is emitted for them.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Callable
 
 from .ir import Atom, Builder, Const, Func, Handle, Instr, Var
 
-__all__ = ["name_gradients", "rehint", "value_and_grad"]
+__all__ = ["jvp", "name_gradients", "rehint", "value_and_grad", "value_grad_and_hessian"]
 
 
 def value_and_grad(func: Func, n_wrt: int, name: str | None = None) -> Func:
@@ -65,7 +69,7 @@ def _backward_sweep(
         op = ins.opdef
         cts = op.vjp(ct, b.handle(sub(ins.out)), *(b.handle(sub(a)) for a in ins.args),
                      **ins.param_dict())
-        for a, c in zip(ins.args, cts):
+        for a, c in zip(ins.args, cts, strict=True):
             if c is None or not isinstance(a, Var):
                 continue
             c = c if isinstance(c, Handle) else b.handle(c)
@@ -102,3 +106,155 @@ def rehint(func: Func, hints: dict[Var, str]) -> Func:
         Instr(h(i.out), i.op, tuple(h(a) for a in i.args), i.params, i.origin) for i in func.body
     )
     return Func(func.name, func.args, body, tuple(h(r) for r in func.results))
+
+
+# ---- forward mode ------------------------------------------------------------------------------
+
+
+def jvp(func: Func, n_wrt: int, name: str | None = None) -> Func:
+    """Forward mode: `func`'s results and their tangents (Jacobian-vector products).
+
+    Args:
+        func: a function whose first `n_wrt` arguments get tangents (the rest are inputs).
+        n_wrt: how many leading arguments are differentiated.
+        name: the new function's name (default ``{func.name}_jvp``).
+    Returns:
+        a `Func` whose arguments are `func`'s first `n_wrt`, then one tangent per such argument
+        (hint ``{label}_dot``), then the remaining ones; its results are `func`'s results, then
+        their tangents ``sum_j d out[k] / d arg[j] * arg_dot[j]``. Each tangent instruction's
+        origin is the instruction it differentiates. Applied to a `value_and_grad` function this
+        is forward-over-reverse: the gradients' tangents are Hessian-vector products.
+    """
+    if not 0 <= n_wrt <= len(func.args):
+        raise ValueError(f"n_wrt={n_wrt} is out of range for {len(func.args)} arguments")
+    b = Builder()
+    params = [b.arg(a.hint) for a in func.args[:n_wrt]]
+    dots = [b.arg(f"{a.hint or f'arg{j}'}_dot") for j, a in enumerate(func.args[:n_wrt])]
+    rest = [b.arg(a.hint) for a in func.args[n_wrt:]]
+    sub = _replay(b, func, dict(zip(func.args, params + rest, strict=True)))
+    start = len(b.body)
+    tan = _forward_sweep(b, func, sub, dict(zip(func.args[:n_wrt], dots, strict=True)))
+    hints = _tangent_hints(b, start, func, tan, "_dot")
+    results = [sub(r) for r in func.results] + [_tangent(tan, r) for r in func.results]
+    return rehint(b.build(name or f"{func.name}_jvp", results), hints)
+
+
+def value_grad_and_hessian(func: Func, n_wrt: int, name: str | None = None) -> Func:
+    """The value, gradient and Hessian of `func`'s single result by its first `n_wrt` args.
+
+    Forward-over-reverse with basis tangents: the reverse pass is emitted once, then swept
+    forward once per parameter with tangent 1.0 on it and (absent) zero on the others, so the
+    literal 1.0s fold away under the passes and no ``0.0 * x`` is ever emitted.
+
+    Args:
+        func: a forward function with one result.
+        n_wrt: how many leading arguments are parameters (the rest are inputs).
+        name: the new function's name (default ``{func.name}_hessian``).
+    Returns:
+        a `Func` with `func`'s arguments and results ``value, grad[0..P), hess[P*P]`` with
+        ``hess[j * P + k] = d2 value / d arg[j] d arg[k]``, row ``j`` from the sweep along arg
+        ``j``. It is not symmetrised: rows and columns come from different sweeps, and agree to
+        rounding.
+    """
+    if len(func.results) != 1:
+        raise ValueError(f"the Hessian needs a single result, {func.name} has {len(func.results)}")
+    g = value_and_grad(func, n_wrt)
+    b = Builder()
+    sub = _replay(b, g, {a: b.arg(a.hint) for a in g.args})
+    hints: dict[Var, str] = {}
+    rows: list[Atom] = []
+    for j, a in enumerate(g.args[:n_wrt]):
+        start = len(b.body)
+        tan = _forward_sweep(b, g, sub, {a: Const(1.0)})
+        for v, h in _tangent_hints(b, start, g, tan, f"_d{a.hint or f'arg{j}'}").items():
+            hints.setdefault(v, h)
+        rows += [_tangent(tan, r) for r in g.results[1:]]
+    out = b.build(name or f"{func.name}_hessian", [sub(r) for r in g.results] + rows)
+    return rehint(out, hints)
+
+
+def _replay(b: Builder, func: Func, env: dict[Var, Atom]) -> Callable[[Atom], Atom]:
+    """Emit `func`'s body into `b` (provenance mapped); `env` maps its arguments to atoms."""
+
+    def sub(a: Atom) -> Atom:
+        return env[a] if isinstance(a, Var) else a
+
+    def sub_var(a: Var) -> Var:
+        m = env.get(a, a)
+        return m if isinstance(m, Var) else a
+
+    for ins in func.body:
+        o = ins.origin
+        b.origin = None if o is None else Instr(
+            sub_var(o.out), o.op, tuple(sub_var(a) if isinstance(a, Var) else a for a in o.args),
+            o.params,
+        )
+        env[ins.out] = b.emit(ins.op, [sub(a) for a in ins.args], ins.params, hint=ins.out.hint)
+    b.origin = None
+    return sub
+
+
+def _forward_sweep(
+    b: Builder, func: Func, sub: Callable[[Atom], Atom], seeds: dict[Var, Atom]
+) -> dict[Var, Atom]:
+    """Emit the tangent of every Var of `func` (absent: zero) given its arguments' `seeds`."""
+    tan: dict[Var, Atom] = dict(seeds)
+    for ins in func.body:
+        live = [(i, tan[a]) for i, a in enumerate(ins.args) if isinstance(a, Var) and a in tan]
+        if not live:
+            continue
+        b.origin = Instr(sub(ins.out), ins.op, tuple(sub(a) for a in ins.args), ins.params)
+        total: Atom | None = None
+        for i, t in live:
+            term = _vjp_term(b, ins, i, t, sub)
+            if term is not None:
+                total = term if total is None else b.emit("add", [total, term])
+        b.origin = None
+        if total is not None:
+            tan[ins.out] = total
+    return tan
+
+
+def _vjp_term(
+    b: Builder, ins: Instr, i: int, t: Atom, sub: Callable[[Atom], Atom]
+) -> Atom | None:
+    """Operand `i`'s term of the tangent of `ins`: its vjp rule with cotangent `t`."""
+    # the rule emits every operand's cotangent; run it in a scratch builder and copy into `b`
+    # only what operand i's needs, so forward mode emits no dead code
+    s = Builder()
+    s._next = b._next  # scratch Vars get ids above b's, so they never equal one of b's Vars
+    h = s.handle
+    cts = ins.opdef.vjp(h(t), h(sub(ins.out)), *(h(sub(a)) for a in ins.args),
+                        **ins.param_dict())
+    c = cts[i]
+    if c is None:
+        return None
+    atom = c.atom if isinstance(c, Handle) else Const(c)
+    need = {atom}
+    for si in reversed(s.body):
+        if si.out in need:
+            need.update(a for a in si.args if isinstance(a, Var))
+    env: dict[Var, Atom] = {}
+    for si in s.body:
+        if si.out in need:
+            args = [env.get(a, a) if isinstance(a, Var) else a for a in si.args]
+            env[si.out] = b.emit(si.op, args, si.params)
+    return env.get(atom, atom) if isinstance(atom, Var) else atom
+
+
+def _tangent(tan: dict[Var, Atom], r: Atom) -> Atom:
+    t = tan.get(r) if isinstance(r, Var) else None
+    return Const(0.0) if t is None else t
+
+
+def _tangent_hints(
+    b: Builder, start: int, func: Func, tan: dict[Var, Atom], suffix: str
+) -> dict[Var, str]:
+    """Hints ``{label}{suffix}`` for the tangents of labelled Vars, where emitted since `start`."""
+    fresh = {ins.out for ins in b.body[start:]}
+    hints: dict[Var, str] = {}
+    for v in [ins.out for ins in func.body]:
+        t = tan.get(v)
+        if v.hint and isinstance(t, Var) and t in fresh and t not in hints:
+            hints[t] = v.hint + suffix
+    return hints

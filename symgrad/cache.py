@@ -16,6 +16,7 @@ Configuration: ``SYMGRAD_CACHE_DIR`` (a directory), ``SYMGRAD_CACHE=0`` (off), o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -29,11 +30,11 @@ from typing import Any
 
 __all__ = ["cache_dir", "clear", "load_module", "set_cache_dir"]
 
-_override: Path | None | bool = None  # None: from the environment; False: off; a Path: that dir
+_override: Path | bool | None = None  # None: from the environment; False: off; a Path: that dir
 _lock = threading.Lock()
 
 
-def set_cache_dir(path: str | os.PathLike[str] | None | bool) -> None:
+def set_cache_dir(path: str | os.PathLike[str] | bool | None) -> None:
     """Choose the cache directory at run time: a path, False to disable, None for the default."""
     global _override
     if path is None or path is False:
@@ -138,10 +139,8 @@ def drop_numba_cache_file(module_file: str) -> None:
     stem = Path(f).stem
     pyc = Path(f).parent / "__pycache__"
     for p in pyc.glob(f"{stem}.*"):
-        try:
+        with contextlib.suppress(OSError):
             p.unlink()
-        except OSError:
-            pass
 
 
 def clear() -> int:

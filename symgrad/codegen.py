@@ -13,6 +13,7 @@ allocating one row per example. The batch loops are generated from the same layo
 
 from __future__ import annotations
 
+import collections
 import itertools
 import linecache
 import threading
@@ -26,7 +27,7 @@ from . import cache
 from .ir import Const, Func, Instr, Var, atom_text, instr_text, names
 from .ops import OPS, format_literal
 
-__all__ = ["BACKENDS", "Layout", "Module", "instr_source", "kernel_source", "load", "module_source"]
+__all__ = ["BACKENDS", "Layout", "Module", "instr_source", "kernel_source", "module_source"]
 
 BACKENDS = ("numba", "python", "tape")
 
@@ -258,7 +259,6 @@ class Module:
         py = self._ns[kernel if batch is None else f"{kernel}_{batch}"]
         if self.backend == "python":
             return py  # type: ignore[no-any-return]
-        import numba
 
         if batch is not None:
             self._ns[kernel] = self.get(kernel)  # the loop calls the jitted kernel
@@ -287,4 +287,11 @@ def jit_compile(py: Callable[..., None], sig: str, parallel: bool, cached: bool,
             if module_file:
                 cache.drop_numba_cache_file(module_file)
     fn.disable_compile()  # no silent recompiles for other argument types
+    hits = sum(fn.stats.cache_hits.values())
+    CACHE_EVENTS["hits" if hits else ("misses" if cached else "uncached")] += 1
     return fn  # type: ignore[no-any-return]
+
+
+# how JIT compilations went in this process: loaded from the disk cache, compiled and saved to
+# it, or compiled without it (tests and `stats` read this)
+CACHE_EVENTS: collections.Counter[str] = collections.Counter()

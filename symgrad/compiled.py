@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import codegen, tape
+from . import cache, codegen, tape
 from .autodiff import name_gradients, value_and_grad
 from .engine import Value, topological_order
 from .ir import Func, verify
@@ -25,7 +25,7 @@ __all__ = ["Compiled", "Program", "compile"]
 REDUCTIONS = ("sum", "mean", "none")
 
 
-def compile(  # noqa: A001 - the public name is pinned by the design
+def compile(
     outputs: Value | Iterable[Value],
     wrt: Sequence[Value] | None = None,
     inputs: Sequence[Value] = (),
@@ -158,12 +158,15 @@ class Program:
             self.source = codegen.module_source(header, kernels)
         stats["seconds"]["codegen"] = time.perf_counter() - t
         t = time.perf_counter()
+        before = codegen.CACHE_EVENTS.copy()
         if self.lowering == "tape":
             tape.interpreter(self._jit_backend)  # compiled once per process
         else:
             self._module = codegen.Module(self.source, self.name, backend, self._layouts)
             self._module.get(kernels[0][1])  # JIT the main kernel now: compile time is paid here
         stats["seconds"]["jit"] = time.perf_counter() - t
+        d = cache.cache_dir()
+        stats["cache"] = {"dir": str(d) if d else None, **(codegen.CACHE_EVENTS - before)}
         stats["seconds"]["total"] = time.perf_counter() - t0
 
     @property
@@ -336,16 +339,18 @@ class Compiled(Program):
 def _floats(a: Any, what: str) -> np.ndarray:
     if isinstance(a, (str, bytes)):
         raise TypeError(f"{what}: expected numbers, got {type(a).__name__} {a!r:.40}")
-    if isinstance(a, Value) or (isinstance(a, (list, tuple)) and any(isinstance(v, Value) for v in a)):
+    if isinstance(a, Value) or (
+        isinstance(a, (list, tuple)) and any(isinstance(v, Value) for v in a)
+    ):
         raise TypeError(f"{what}: expected floats, got Value objects (pass their .data)")
     try:
         arr = np.asarray(a)
     except (TypeError, ValueError) as e:
         raise TypeError(f"{what}: could not read as an array of floats ({e})") from None
     if arr.dtype.kind not in "biuf":
+        example = f" (e.g. {arr.flat[0]!r:.40})" if arr.size else ""
         raise TypeError(
-            f"{what}: expected real numbers, got an array of dtype {arr.dtype} "
-            f"(e.g. {arr.flat[0]!r:.40})" if arr.size else f"{what}: expected real numbers, got dtype {arr.dtype}"
+            f"{what}: expected real numbers, got an array of dtype {arr.dtype}{example}"
         )
     return np.asarray(arr, dtype=np.float64)
 
@@ -353,7 +358,9 @@ def _floats(a: Any, what: str) -> np.ndarray:
 def _vector(a: Any, n: int, what: str, expected: str) -> np.ndarray:
     arr = _floats(a, what)
     if arr.ndim != 1:
-        raise ValueError(f"{what}: expected a 1-D sequence of {n} floats ({expected}), got shape {arr.shape}")
+        raise ValueError(
+            f"{what}: expected a 1-D sequence of {n} floats ({expected}), got shape {arr.shape}"
+        )
     if arr.shape[0] != n:
         raise ValueError(f"{what}: expected {n} value(s) ({expected}), got {arr.shape[0]}")
     return np.ascontiguousarray(arr)

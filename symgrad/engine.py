@@ -42,7 +42,9 @@ class Value:
         _op: micrograd's op string: ``''`` for a leaf, ``'+'``, ``'*'``, ``'**2'``, ``'tanh'``, ...
     """
 
-    __slots__ = ("__weakref__", "_lit", "_opdef", "_params", "_prev", "_op", "data", "grad", "label")
+    __slots__ = (
+        "__weakref__", "_lit", "_op", "_opdef", "_params", "_prev", "data", "grad", "label",
+    )
 
     def __init__(
         self,
@@ -155,7 +157,7 @@ class Value:
         if op is None:
             return
         cts = op.vjp(self.grad, self.data, *(c.data for c in self._prev), **self._params)
-        for child, ct in zip(self._prev, cts):
+        for child, ct in zip(self._prev, cts, strict=True):
             if ct is not None:
                 child.grad += ct
 

@@ -13,7 +13,7 @@ import re
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from .ops import OPS, OpDef, format_literal
 
@@ -57,7 +57,7 @@ class Const:
         return format_literal(self.value)
 
 
-Atom = Union[Var, Const]
+Atom = Var | Const
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class Instr:
 
     def param_dict(self) -> dict[str, float]:
         """The static parameters by name, e.g. ``{"p": 2.0}`` for pow."""
-        return dict(zip(OPS[self.op].params, self.params))
+        return dict(zip(OPS[self.op].params, self.params, strict=True))
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,8 @@ class Builder:
         ps = tuple(float(p) for p in params)
         opdef = OPS[name]
         if self.fold and all(isinstance(a, Const) for a in atoms):
-            return Const(opdef.impl(*(a.value for a in atoms), **dict(zip(opdef.params, ps))))
+            ps_named = dict(zip(opdef.params, ps, strict=True))
+            return Const(opdef.impl(*(a.value for a in atoms), **ps_named))
         if self.rewrite is not None:
             r = self.rewrite(self, name, atoms, ps)
             if r is not None:
@@ -280,7 +281,7 @@ def evaluate(func: Func, args: Sequence[float]) -> list[float]:
     """Run `func` on floats with each op's reference rule (``impl``): the IR's semantics."""
     if len(args) != len(func.args):
         raise ValueError(f"{func.name} takes {len(func.args)} arguments, got {len(args)}")
-    env: dict[Var, float] = dict(zip(func.args, map(float, args)))
+    env: dict[Var, float] = dict(zip(func.args, map(float, args), strict=True))
 
     def val(a: Atom) -> float:
         return a.value if isinstance(a, Const) else env[a]

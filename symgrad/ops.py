@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["OPS", "OpDef", "defop", "apply", "format_literal"]
+__all__ = ["OPS", "OpDef", "apply", "defop", "format_literal"]
 
 
 @dataclass(frozen=True, eq=False)

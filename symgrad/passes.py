@@ -113,7 +113,9 @@ def _neg_of(b: Builder, a: Atom) -> Atom | None:
     return None
 
 
-def simplify_rule(b: Builder, op: str, args: tuple[Atom, ...], params: tuple[float, ...]) -> Atom | None:
+def simplify_rule(
+    b: Builder, op: str, args: tuple[Atom, ...], params: tuple[float, ...]
+) -> Atom | None:
     """One rewrite step for `Builder.emit`: a replacement atom, or None to emit as is."""
     if op == "mul":
         x, y = args

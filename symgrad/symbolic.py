@@ -121,6 +121,7 @@ def check(
     points: int = 3,
     seed: int = 0,
     backend: str = "numba",
+    order: int = 1,
 ) -> CheckResult:
     """Check the compiled gradient against sympy's derivative and the interpreted engine.
 
@@ -137,7 +138,16 @@ def check(
         points: how many random points besides the current values.
         seed: seed of the random points.
         backend: the compiled backend to test.
+        order: 1 checks the gradient; 2 checks the compiled Hessian (`symgrad.hessian`, single
+            output) against ``sympy.hessian`` (to rtol/atol) and against central differences
+            of the compiled gradient (to a looser, step-size-aware tolerance), and the gradient
+            it returns against sympy's. A mismatch names the entry and gives every number.
     """
+    if order == 2:
+        return _check_hessian(out, wrt, inputs, rtol=rtol, atol=atol, points=points, seed=seed,
+                              backend=backend)
+    if order != 1:
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
     from .compiled import compile as sg_compile
 
     sp = _sympy()
@@ -164,9 +174,9 @@ def check(
         g_sym = _mp_eval(lam, pt)
         if g_sym is None or not _all_finite(g_int):
             continue
-        result.points.append(dict(zip(names_, pt)))
+        result.points.append(dict(zip(names_, pt, strict=True)))
         for k in range(len(outs)):
-            for j, w in enumerate(wrt_l):
+            for j in range(len(wrt_l)):
                 a, b, c = float(g_comp[k, j]), g_int[k][j], g_sym[k][j]
                 result.compared += 1
                 for x in (a, b):
@@ -175,10 +185,127 @@ def check(
                 ok = _close(a, c, rtol, atol) and _close(b, c, rtol, atol)
                 if not ok:
                     raise GradientMismatch(
-                        _report(f, outs, k, names_[j], a, b, c, dict(zip(names_, pt)),
+                        _report(f, outs, k, names_[j], a, b, c, dict(zip(names_, pt, strict=True)),
                                 rtol, atol)
                     )
     return result
+
+
+# central differences of the gradient: a relative step near eps ** (1/3) balances rounding
+# (eps * |g| / h) against truncation (h**2 * |f'''| / 6); their tolerance is relative to the scale
+# of the gradient and Hessian, since rounding in g is amplified by 1 / h
+FD_STEP = 6e-6
+FD_RTOL = 1e-5
+
+
+def _check_hessian(
+    out: Value | Sequence[Value], wrt: Sequence[Value] | None, inputs: Sequence[Value], *,
+    rtol: float, atol: float, points: int, seed: int, backend: str,
+) -> CheckResult:
+    """`check` with ``order=2``: the compiled Hessian vs sympy.hessian and central differences."""
+    import numpy as np
+
+    from .higher import hessian as sg_hessian
+
+    sp = _sympy()
+    outs = as_outputs(out)
+    if len(outs) != 1:
+        raise ValueError(f"check(order=2): takes a single output Value, got {len(outs)}")
+    H = sg_hessian(outs[0], wrt=wrt, inputs=inputs, backend=backend)
+    wrt_l, inp_l = list(H._wrt), list(H._inputs)
+    leaves = wrt_l + inp_l
+    P = len(wrt_l)
+    syms = leaf_symbols(outs, leaves)
+    expr = _expressions(outs, syms)[id(outs[0])]
+    wsyms = [syms[id(w)] for w in wrt_l]
+    grad_expr = [sp.diff(expr, s) for s in wsyms]
+    hess_expr = sp.hessian(expr, wsyms).tolist() if P else []
+    lam = sp.lambdify([syms[id(v)] for v in leaves], [grad_expr, *hess_expr], modules="mpmath")
+    names_ = _leaf_names(leaves, syms)
+
+    rng = random.Random(seed)
+    base = [v.data for v in leaves]
+    result = CheckResult()
+    pts = [base] + [[x + rng.gauss(0.0, 0.5) * (1.0 + abs(x)) for x in base] for _ in range(points)]
+    for pt in pts:
+        p, x = np.array(pt[:P]), np.array(pt[P:])
+        _, g, h = H(p, x)
+        sym = _mp_eval(lam, pt)
+        if sym is None or not (np.all(np.isfinite(g)) and np.all(np.isfinite(h))):
+            continue
+        g_sym, h_sym = sym[0], sym[1:]
+        fd, steps = _fd_hessian(H, p, x)
+        point = dict(zip(names_, pt, strict=True))
+        result.points.append(point)
+        for j in range(P):
+            result.compared += 1
+            result.max_rel_error = max(result.max_rel_error, _rel(g[j], g_sym[j]))
+            if not _close(float(g[j]), g_sym[j], rtol, atol):
+                raise GradientMismatch(
+                    f"gradient mismatch for d(output)/d({names_[j]}) at {point} (check, order=2):"
+                    f"\n  compiled {float(g[j])!r}\n  sympy    {g_sym[j]!r}"
+                )
+        scale = 1.0 + float(np.max(np.abs(g), initial=0.0)) + float(np.max(np.abs(h), initial=0.0))
+        for j in range(P):
+            for k in range(P):
+                a, c, d = float(h[j, k]), h_sym[j][k], float(fd[j, k])
+                result.compared += 1
+                result.max_rel_error = max(result.max_rel_error, _rel(a, c))
+                bad = []
+                if not _close(a, c, rtol, atol):
+                    bad.append("sympy")
+                if abs(a - d) > FD_RTOL * (abs(d) + scale):
+                    bad.append("finite differences")
+                if bad:
+                    raise GradientMismatch(_hessian_report(
+                        names_, j, k, h, c, d, steps[j], g, g_sym, point, bad, rtol, atol
+                    ))
+    return result
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(float(a) - b) / max(abs(b), 1e-300)
+
+
+def _fd_hessian(H: Any, p: Any, x: Any) -> tuple[Any, list[float]]:
+    """Central differences of `H`'s gradient, one row per parameter, and the steps taken."""
+    import numpy as np
+
+    P = len(p)
+    fd = np.zeros((P, P))
+    steps = []
+    for j in range(P):
+        up, down = p.copy(), p.copy()
+        up[j] += FD_STEP * (1.0 + abs(p[j]))
+        down[j] -= FD_STEP * (1.0 + abs(p[j]))
+        width = up[j] - down[j]  # the step actually taken, after rounding
+        fd[j] = (H(up, x)[1] - H(down, x)[1]) / width
+        steps.append(width / 2)
+    return fd, steps
+
+
+def _hessian_report(
+    names_: Sequence[str], j: int, k: int, h: Any, sym: float, fd: float, step: float,
+    g: Any, g_sym: Sequence[float], point: dict[str, float], bad: list[str],
+    rtol: float, atol: float,
+) -> str:
+    a, b = names_[j], names_[k]
+    lines = [
+        f"hessian mismatch for d2(output)/d({a})d({b}) at {point}:",
+        f"  compiled            {float(h[j, k])!r}   (disagrees with {' and '.join(bad)})",
+        f"  sympy               {sym!r}",
+        f"  finite differences  {fd!r}   (central, of the compiled gradient d/d({b}), "
+        f"step {step:.3g} in {a})",
+    ]
+    if j != k:
+        lines.append(f"  compiled d2/d({b})d({a}) {float(h[k, j])!r}   (the transposed entry)")
+    off = [i for i in range(len(g_sym)) if not _close(float(g[i]), g_sym[i], rtol, atol)]
+    if off:
+        lines.append(f"  the compiled gradient disagrees with sympy too, in d/d({names_[off[0]]})")
+    else:
+        lines.append("  the compiled gradient agrees with sympy here: look at the second-order "
+                     "path (the tangents of the vjp rules' IR)")
+    return "\n".join(lines)
 
 
 def _leaf_names(leaves: Sequence[Value], syms: dict[int, Any]) -> list[str]:
@@ -243,7 +370,7 @@ def _interpreted_grads(
 ) -> list[list[float]]:
     rows = []
     for k in range(len(outs)):
-        copies, env = replay(outs, {id(v): x for v, x in zip(leaves, pt)})
+        copies, env = replay(outs, {id(v): x for v, x in zip(leaves, pt, strict=True)})
         copies[k].backward()
         rows.append([env[id(w)].grad if id(w) in env else 0.0 for w in wrt])
     return rows
@@ -268,7 +395,9 @@ def _report(
     return "\n".join(lines)
 
 
-def first_bad_rule(func: Func, args: Sequence[float], rtol: float = 1e-7, atol: float = 1e-10) -> str:
+def first_bad_rule(
+    func: Func, args: Sequence[float], rtol: float = 1e-7, atol: float = 1e-10
+) -> str:
     """Walk `func` at `args`; describe the first instruction whose vjp rule disagrees with sympy.
 
     Each op's rule (evaluated with ct = 1) is compared with ``sympy.diff`` of its sympy
@@ -278,7 +407,7 @@ def first_bad_rule(func: Func, args: Sequence[float], rtol: float = 1e-7, atol: 
 
     sp = _sympy()
     nm = names(func)
-    env = dict(zip(func.args, map(float, args)))
+    env = dict(zip(func.args, map(float, args), strict=True))
     for ins in func.body:
         vals = [a.value if not hasattr(a, "id") else env[a] for a in ins.args]
         op = OPS[ins.op]

@@ -306,16 +306,17 @@ def run_layout(tape: Tape, layout: Layout, backend: str, batch: str | None,
     """
     n_args = len(layout.args)
     arg_arrays, res_arrays = arrays[:n_args], arrays[n_args:]
-    fixed = [a.reshape(-1) for (nm, _), a in zip(layout.args, arg_arrays) if nm not in layout.per_row]
-    rows = [a for (nm, _), a in zip(layout.args, arg_arrays) if nm in layout.per_row]
+    named = list(zip((nm for nm, _ in layout.args), arg_arrays, strict=True))
+    fixed = [a.reshape(-1) for nm, a in named if nm not in layout.per_row]
+    rows = [a for nm, a in named if nm in layout.per_row]
     if batch is None:
         rows = [r.reshape(1, -1) for r in rows]
     n = rows[0].shape[0] if rows else 1
     params = np.concatenate(fixed) if fixed else np.zeros(0)
     X = np.ascontiguousarray(np.hstack(rows)) if rows else np.zeros((n, 0))
-    assigned = [(nm, a) for (nm, _), a in zip(layout.results, res_arrays)
+    assigned = [(nm, a) for (nm, _), a in zip(layout.results, res_arrays, strict=True)
                 if nm not in layout.accumulate]
-    accumulated = [(nm, a) for (nm, _), a in zip(layout.results, res_arrays)
+    accumulated = [(nm, a) for (nm, _), a in zip(layout.results, res_arrays, strict=True)
                    if nm in layout.accumulate]
     n_out = sum(int(np.prod(s)) for nm, s in layout.results if nm not in layout.accumulate)
     n_acc = len(tape.result_slots) - n_out

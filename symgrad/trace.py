@@ -31,7 +31,9 @@ def as_outputs(outputs: Value | Iterable[Value], what: str = "outputs") -> tuple
     if isinstance(outputs, Value):
         return (outputs,)
     if isinstance(outputs, (str, bytes)) or not isinstance(outputs, Iterable):
-        raise TypeError(f"{what}: expected a Value or a list of Values, got {type(outputs).__name__}")
+        raise TypeError(
+            f"{what}: expected a Value or a list of Values, got {type(outputs).__name__}"
+        )
     outs = tuple(outputs)
     for i, o in enumerate(outs):
         if not isinstance(o, Value):

@@ -1,0 +1,318 @@
+"""Higher-order compiled functions of a Value graph: `jvp`, `hvp` and `hessian`.
+
+Imports `trace`, `autodiff`, `passes`, `ir`, `codegen` and `compiled` (the `Program` base class,
+its argument checks and helpers). Each traces the graph, applies IR transforms from `autodiff`
+(forward mode; forward-over-reverse for second derivatives), optimises the result and builds a
+`Program` with its own kernel layout, so backends, argument validation, ``ir``, ``source`` and
+``stats`` work as they do for `compile`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import codegen
+from .autodiff import jvp as jvp_transform
+from .autodiff import rehint, value_and_grad, value_grad_and_hessian
+from .compiled import Program, _func_name, _leaf_list, _stage
+from .engine import Value, topological_order
+from .ir import RESERVED, Func, sanitize, verify
+from .passes import dce
+from .passes import optimize as run_passes
+from .trace import Traced, as_outputs, trace
+
+__all__ = ["Hessian", "Hvp", "Jvp", "hessian", "hvp", "hvp_func", "jvp"]
+
+
+def jvp(
+    outputs: Value | Iterable[Value],
+    wrt: Sequence[Value] | None = None,
+    inputs: Sequence[Value] = (),
+    *,
+    backend: str = "numba",
+    optimize: bool = True,
+    name: str | None = None,
+) -> Jvp:
+    """Compile the forward-mode derivative of a Value graph: ``value, tangent_out = j(params, t)``.
+
+    Args:
+        outputs: a Value, or a list of Values (then value and tangent_out are arrays).
+        wrt, inputs, backend, optimize, name: as for `symgrad.compile`.
+    Returns:
+        a `Jvp`: ``j(params, tangent, inputs)`` gives the value and the directional derivative
+        ``J @ tangent`` in one forward pass, without forming J.
+    """
+    traced, stats, t0 = _trace(outputs, wrt, inputs, backend, name, "jvp", single=False)
+    t = time.perf_counter()
+    func = jvp_transform(traced.func, len(traced.wrt))
+    _stage(stats, "jvp", func, t)
+    return Jvp(traced, _finish(func, stats, optimize), backend, stats, t0)
+
+
+def hvp(
+    out: Value,
+    wrt: Sequence[Value] | None = None,
+    inputs: Sequence[Value] = (),
+    *,
+    backend: str = "numba",
+    optimize: bool = True,
+    name: str | None = None,
+) -> Hvp:
+    """Compile the Hessian-vector product of a scalar Value: ``grad, hv = h(params, v)``.
+
+    Forward-over-reverse: forward mode applied to the gradient's IR. One call costs a small
+    multiple of one gradient, whatever the number of parameters; the Hessian is never built.
+
+    Args:
+        out: a single Value.
+        wrt, inputs, backend, optimize, name: as for `symgrad.compile`.
+    Returns:
+        an `Hvp`: ``h(params, v, inputs)`` gives the gradient and ``H @ v``.
+    """
+    traced, stats, t0 = _trace(out, wrt, inputs, backend, name, "hvp", single=True)
+    t = time.perf_counter()
+    func = hvp_func(traced.func, len(traced.wrt))
+    _stage(stats, "hvp", func, t)
+    return Hvp(traced, _finish(func, stats, optimize), backend, stats, t0)
+
+
+def hessian(
+    out: Value,
+    wrt: Sequence[Value] | None = None,
+    inputs: Sequence[Value] = (),
+    *,
+    backend: str = "numba",
+    optimize: bool = True,
+    name: str | None = None,
+) -> Hessian:
+    """Compile the value, gradient and Hessian of a scalar Value: ``value, grad, hess = H(params)``.
+
+    One reverse pass, then one forward sweep over it per parameter (forward-over-reverse with
+    basis tangents), so the cost is about ``len(wrt)`` gradients.
+
+    Args:
+        out: a single Value.
+        wrt, inputs, backend, optimize, name: as for `symgrad.compile`.
+    Returns:
+        a `Hessian`: ``H(params, inputs)`` and ``H.batch(params, X, reduce)``.
+    """
+    traced, stats, t0 = _trace(out, wrt, inputs, backend, name, "hessian", single=True)
+    t = time.perf_counter()
+    func = value_grad_and_hessian(traced.func, len(traced.wrt))
+    _stage(stats, "hessian", func, t)
+    return Hessian(traced, _finish(func, stats, optimize), backend, stats, t0)
+
+
+def hvp_func(func: Func, n_wrt: int, name: str | None = None) -> Func:
+    """IR -> IR: ``jvp(value_and_grad(func))`` keeping the gradient and its tangent ``H @ v``.
+
+    Returns:
+        a `Func` with arguments (params, their tangents ``{label}_dot``, inputs) and results
+        ``grad[0..P), hv[0..P)``; `func` must have a single result.
+    """
+    if len(func.results) != 1:
+        raise ValueError(f"a Hessian-vector product needs a single result, {func.name} has "
+                         f"{len(func.results)}")
+    g = value_and_grad(func, n_wrt)
+    j = jvp_transform(g, n_wrt, name=name or f"{func.name}_hvp")
+    # j's results: value, grad (P), value_dot, grad_dot (P)
+    keep = j.results[1:1 + n_wrt] + j.results[2 + n_wrt:]
+    return dce(Func(j.name, j.args, j.body, keep))
+
+
+# ---- the shared front and back ends ---------------------------------------------------------
+
+
+def _trace(
+    outputs: Value | Iterable[Value], wrt: Sequence[Value] | None, inputs: Sequence[Value],
+    backend: str, name: str | None, what: str, single: bool,
+) -> tuple[Traced, dict[str, Any], float]:
+    """Validate the arguments as `compile` does, and trace."""
+    if backend not in codegen.BACKENDS:
+        raise ValueError(f"backend must be one of {codegen.BACKENDS}, got {backend!r}")
+    outs = as_outputs(outputs)
+    if single and len(outs) != 1:
+        raise ValueError(
+            f"{what}: takes a single output Value, got {len(outs)} (a Hessian of several "
+            "outputs is a 3-D array: compile one per output)"
+        )
+    inputs = _leaf_list(inputs, "inputs")
+    if wrt is None:
+        given = {id(v) for v in inputs}
+        wrt = [
+            v for v in topological_order(outs)
+            if not v._prev and not v._lit and id(v) not in given
+        ]
+    wrt = _leaf_list(wrt, "wrt")
+    stats: dict[str, Any] = {"backend": backend, "nodes": {}, "seconds": {}}
+    t0 = time.perf_counter()
+    traced = trace(outs, wrt, inputs, name=_func_name(name))
+    _stage(stats, "trace", traced.func, t0)
+    return traced, stats, t0
+
+
+def _finish(func: Func, stats: dict[str, Any], optimize: bool) -> Func:
+    if optimize:
+        t = time.perf_counter()
+        func, log = run_passes(func)
+        for pname, n, _sec in log:
+            stats["nodes"].setdefault(pname, n)  # after the first round of each pass
+        stats["passes"] = log
+        stats["seconds"]["passes"] = time.perf_counter() - t
+    stats["nodes"]["final"] = len(func.body)
+    return verify(func)
+
+
+def _free(func: Func, arrays: Iterable[str]) -> Func:
+    """Rename Vars whose printed name would shadow one of the kernel's array parameters."""
+    clash = {a for a in arrays if a not in RESERVED}  # reserved names are never given out
+    vs = list(func.args) + [i.out for i in func.body]
+    hints = {v: f"{v.hint}_var" for v in vs if v.hint and sanitize(v.hint) in clash}
+    return rehint(func, hints)
+
+
+def _program_args(
+    obj: Program, params: Any, direction: Any, inputs: Any, what: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if direction is None:
+        raise ValueError(f"{what}: required, {obj.n_params} float(s) (len(wrt))")
+    return obj._params(params), obj._params(direction, what), obj._row(inputs)
+
+
+class Jvp(Program):
+    """A compiled Jacobian-vector product: ``value, tangent_out = j(params, tangent, inputs)``.
+
+    Attributes: `ir` (the optimised IR: arguments params, their tangents ``{label}_dot``,
+    inputs), `traced_ir`, `source`, `stats`, `backend`, `wrt_names`, `input_names`, `n_out`.
+    """
+
+    def __init__(
+        self, traced: Traced, func: Func, backend: str, stats: dict[str, Any], t0: float
+    ) -> None:
+        P, n_in, n_out = len(traced.wrt), len(traced.inputs), len(traced.outputs)
+        layout = codegen.Layout(
+            (("params", P), ("params_dot", P), ("inputs", n_in)),
+            (("out", (n_out,)), ("out_dot", (n_out,))),
+            per_row=frozenset({"inputs"}),
+        )
+        self.ir = _free(func, layout.arrays())
+        self._kernel = f"{traced.func.name}_jvp"
+        super().__init__(traced, [(self.ir, self._kernel, layout)], backend, stats, t0)
+
+    def __call__(
+        self, params: Any = None, tangent: Any = None, inputs: Any = None
+    ) -> tuple[Any, Any]:
+        """Value and directional derivative at `params` along `tangent` (required).
+
+        Args:
+            params: ``len(wrt)`` floats, or None for the leaves' current ``.data``.
+            tangent: ``len(wrt)`` floats, the direction in parameter space.
+            inputs: ``len(inputs)`` floats, or None for the leaves' current ``.data``.
+        Returns:
+            ``(value, tangent_out)``: two floats for one output, two ``(n_out,)`` arrays for
+            several (``tangent_out = J @ tangent``).
+        """
+        p, t, x = _program_args(self, params, tangent, inputs, "tangent")
+        out, out_dot = np.zeros(self.n_out), np.zeros(self.n_out)
+        self._run(self._kernel, None, p, t, x, out, out_dot)
+        if self.n_out == 1:
+            return float(out[0]), float(out_dot[0])
+        return out, out_dot
+
+
+class Hvp(Program):
+    """A compiled Hessian-vector product: ``grad, hv = h(params, v, inputs)``.
+
+    Attributes as for `Jvp`; `ir`'s results are the gradient, then ``H @ v``.
+    """
+
+    def __init__(
+        self, traced: Traced, func: Func, backend: str, stats: dict[str, Any], t0: float
+    ) -> None:
+        P, n_in = len(traced.wrt), len(traced.inputs)
+        layout = codegen.Layout(
+            (("params", P), ("params_dot", P), ("inputs", n_in)),
+            (("grad", (P,)), ("grad_dot", (P,))),
+            per_row=frozenset({"inputs"}),
+        )
+        self.ir = _free(func, layout.arrays())
+        self._kernel = f"{traced.func.name}_hvp"
+        super().__init__(traced, [(self.ir, self._kernel, layout)], backend, stats, t0)
+
+    def __call__(
+        self, params: Any = None, v: Any = None, inputs: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Gradient and Hessian-vector product at `params`, `inputs` along `v` (required).
+
+        Returns:
+            ``(grad, hv)``: two ``(len(wrt),)`` arrays, ``hv = H @ v``.
+        """
+        p, t, x = _program_args(self, params, v, inputs, "v")
+        grad, hv = np.zeros(self.n_params), np.zeros(self.n_params)
+        self._run(self._kernel, None, p, t, x, grad, hv)
+        return grad, hv
+
+
+class Hessian(Program):
+    """A compiled value, gradient and Hessian: ``value, grad, hess = H(params, inputs)``.
+
+    Attributes as for `Jvp`; `ir`'s results are the value, the gradient, then the Hessian
+    row-major (row ``j`` from the forward sweep along parameter ``j``; not symmetrised).
+    """
+
+    def __init__(
+        self, traced: Traced, func: Func, backend: str, stats: dict[str, Any], t0: float
+    ) -> None:
+        P, n_in = len(traced.wrt), len(traced.inputs)
+        layout = codegen.Layout(
+            (("params", P), ("inputs", n_in)),
+            (("out", (1,)), ("grad", (P,)), ("hess", (P, P))),
+            accumulate=frozenset({"grad", "hess"}), per_row=frozenset({"inputs"}),
+        )
+        self.ir = _free(func, layout.arrays())
+        self._kernel = f"{traced.func.name}_hessian"
+        super().__init__(traced, [(self.ir, self._kernel, layout)], backend, stats, t0)
+
+    def __call__(
+        self, params: Any = None, inputs: Any = None
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        """Value, gradient ``(len(wrt),)`` and Hessian ``(len(wrt), len(wrt))``."""
+        p, x = self._params(params), self._row(inputs)
+        out, grad = np.zeros(1), np.zeros(self.n_params)
+        hess = np.zeros((self.n_params, self.n_params))
+        self._run(self._kernel, None, p, x, out, grad, hess)
+        return float(out[0]), grad, hess
+
+    def batch(
+        self, params: Any, X: Any, reduce: str = "sum"
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Values, gradients and Hessians over the rows of `X`, looping inside compiled code.
+
+        Args:
+            params: ``len(wrt)`` floats, or None for the leaves' current ``.data``.
+            X: an ``(N, len(inputs))`` array, one example a row.
+            reduce: "sum" (gradient and Hessian summed over rows), "mean" (averaged) or "none"
+                (one per row).
+        Returns:
+            ``(values, grad, hess)``: values ``(N,)``; grad ``(P,)`` and hess ``(P, P)`` for
+            "sum"/"mean", ``(N, P)`` and ``(N, P, P)`` for "none".
+        """
+        self._check_reduce(reduce)
+        p = self._params(params)
+        Xa = self._matrix(X)
+        n, P = Xa.shape[0], self.n_params
+        values = np.zeros((n, 1))
+        if reduce == "none":
+            grad, hess = np.zeros((n, P)), np.zeros((n, P, P))
+            self._run(self._kernel, "rows", p, Xa, values, grad, hess)
+        else:
+            grad, hess = np.zeros(P), np.zeros((P, P))
+            self._run(self._kernel, "sum", p, Xa, values, grad, hess)
+            if reduce == "mean":
+                grad /= n
+                hess /= n
+        return values[:, 0], grad, hess

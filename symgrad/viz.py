@@ -1,0 +1,132 @@
+"""Graphviz drawings of `Value` graphs in the lecture's look: a record per value, a node per op.
+
+Imports `symgrad.engine`, and graphviz lazily (the only module that uses it), so `import symgrad`
+stays light and works without graphviz's `dot` program.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .engine import Value, topological_order
+
+if TYPE_CHECKING:
+    import graphviz
+
+__all__ = ["draw_dot", "render"]
+
+# characters with a meaning inside a record label (fields, ports, quoting, escapes)
+_RECORD_SPECIAL = frozenset('{}|<>"\\')
+# inside a plain quoted label only the quote and the escape character are special
+_PLAIN_SPECIAL = frozenset('"\\')
+
+
+def _escape(text: str, special: frozenset[str]) -> str:
+    """User text as literal label text: specials backslash-escaped, no raw control characters."""
+    out = []
+    for ch in text.replace("\r\n", "\n").replace("\r", "\n"):
+        if ch == "\n":
+            out.append("\\n")  # dot's own line-break escape, never a raw newline
+        elif ch in special:
+            out.append("\\" + ch)
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(f"\\\\x{ord(ch):02x}")  # shown as the text \x00: dot may choke on them
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _roots(root: Value | Iterable[Value]) -> list[Value]:
+    if isinstance(root, Value):
+        return [root]
+    if isinstance(root, (str, bytes)) or not isinstance(root, Iterable):
+        raise TypeError(
+            f"draw_dot: expected a Value or a list of Values, got {type(root).__name__}"
+        )
+    roots = list(root)
+    for i, r in enumerate(roots):
+        if not isinstance(r, Value):
+            raise TypeError(f"draw_dot: root {i} is {type(r).__name__}, expected a Value")
+    return roots
+
+
+def draw_dot(
+    root: Value | Iterable[Value], rankdir: str = "LR", format: str = "svg"
+) -> graphviz.Digraph:
+    """Draw the graph that computes `root`, as in the lecture.
+
+    Each Value is a record ``{ label | data 2.0000 | grad 0.0000 }`` (no label cell when it
+    has no label); each non-leaf also gets a small node showing its op (``+``, ``*``, ``tanh``)
+    with edges from its operands, in operand order, so ``x * x`` shows two edges.
+
+    Args:
+        root: a Value, or a list of Values drawn together (shared nodes appear once).
+        rankdir: graphviz layout direction, ``"LR"`` (left to right) or ``"TB"``.
+        format: the output format used when the drawing is rendered (``"svg"``, ``"png"``).
+
+    Returns:
+        A ``graphviz.Digraph``; it displays inline in Jupyter, ``.source`` is the dot text,
+        and `render` writes it to a file. Node names are positions in the topological order,
+        so equal graphs give identical source.
+    """
+    import graphviz
+
+    nodes = topological_order(_roots(root))
+    index = {id(n): i for i, n in enumerate(nodes)}
+    dot = graphviz.Digraph(format=format, graph_attr={"rankdir": rankdir})
+    for i, n in enumerate(nodes):
+        fields = [f"data {n.data:.4f}", f"grad {n.grad:.4f}"]
+        if n.label:
+            fields.insert(0, _escape(n.label, _RECORD_SPECIAL))
+        # nohtml: a label that happens to look like <...> must stay a record, not HTML
+        dot.node(f"v{i}", graphviz.nohtml("{ " + " | ".join(fields) + " }"), shape="record")
+        if n._op:
+            dot.node(f"op{i}", graphviz.nohtml(_escape(n._op, _PLAIN_SPECIAL)))
+            dot.edge(f"op{i}", f"v{i}")
+            for child in n._prev:
+                dot.edge(f"v{index[id(child)]}", f"op{i}")
+    return dot
+
+
+def _dot_program() -> str | None:
+    return shutil.which("dot")
+
+
+def render(dot: graphviz.Digraph, path: str | Path, format: str = "svg") -> Path:
+    """Write a drawing to `path`, falling back to its dot source when graphviz is missing.
+
+    Args:
+        dot: a drawing, e.g. from `draw_dot`.
+        path: the output file; ``.<format>`` is appended unless it already ends so.
+        format: any graphviz output format (``"svg"``, ``"png"``, ``"pdf"``).
+
+    Returns:
+        The path written: the rendered file, or, when graphviz's ``dot`` program is not
+        installed, the same path with a ``.dot`` suffix holding the source (with a warning).
+    """
+    import graphviz
+
+    out = Path(path)
+    if out.suffix.lower() != f".{format.lower()}":
+        out = out.with_name(f"{out.name}.{format}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if _dot_program() is not None:
+        try:
+            out.write_bytes(dot.pipe(format=format))
+            return out
+        except graphviz.ExecutableNotFound:
+            pass  # on PATH but not runnable: fall back like a missing one
+    src = out.with_suffix(".dot")
+    src.write_text(dot.source, encoding="utf-8")
+    warnings.warn(
+        f"graphviz's `dot` program was not found, so no {format} was rendered; wrote the dot "
+        f"source to {src} instead (install the Debian package `graphviz`, e.g. "
+        f"`apt-get install graphviz`, then run `dot -T{format} -O {src.name}`)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return src

@@ -1,0 +1,174 @@
+"""The large-graph lowering (tape) and the batch loops give the same numbers as line-by-line code.
+
+Oracles: the line-by-line generated code (plain Python, and Numba for bit-for-bit checks) and
+the interpreted engine. The tape reorders independent instructions and reuses workspace slots;
+neither may change a single bit of any row's result.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+import symgrad as sg
+from symgrad import tape
+from symgrad.nn import MLP
+from tests.strategies import programs, same_float, to_values
+
+
+def _compile_case(case, backend):
+    leaves, outs, _ = to_values(case.program, case.inputs)
+    return sg.compile(outs, wrt=leaves, inputs=[], backend=backend, name="prog"), leaves
+
+
+def _mlp_loss(nin, hidden, seed=0):
+    random.seed(seed)
+    model = MLP(nin, [hidden, hidden, 1])
+    x = [sg.Value(0.0, label=f"x{i}") for i in range(nin)]
+    y = sg.Value(0.0, label="y")
+    return model, x, y, (model(x) - y) ** 2
+
+
+@pytest.fixture(scope="module")
+def mlp_pair():
+    model, x, y, loss = _mlp_loss(3, 6)
+    lines = sg.compile(loss, wrt=model.parameters(), inputs=[*x, y], backend="numba")
+    tp = sg.compile(loss, wrt=model.parameters(), inputs=[*x, y], backend="tape")
+    return model, x, y, loss, lines, tp
+
+
+def test_lowering_is_chosen_by_size_and_reported():
+    model, x, y, loss = _mlp_loss(2, 3)
+    small = sg.compile(loss, wrt=model.parameters(), inputs=[*x, y], backend="python")
+    assert small.stats["lowering"] == "lines"
+    old = sg.compiled.LINE_LIMIT
+    try:
+        sg.compiled.LINE_LIMIT = 10
+        big = sg.compile(loss, wrt=model.parameters(), inputs=[*x, y], backend="numba")
+    finally:
+        sg.compiled.LINE_LIMIT = old
+    assert big.stats["lowering"] == "tape"
+    assert "tape:" in big.source and "def run_block" in big.source
+    p = small.current_params()
+    X = np.random.default_rng(0).normal(size=(7, 3))
+    v1, g1 = small.batch(p, X)
+    v2, g2 = big.batch(p, X)
+    np.testing.assert_allclose(v2, v1, rtol=1e-12)
+    np.testing.assert_allclose(g2, g1, rtol=1e-12, atol=1e-14)
+
+
+def test_tape_rows_match_line_code(mlp_pair):
+    _, _, _, _, lines, tp = mlp_pair
+    p = lines.current_params()
+    X = np.random.default_rng(1).normal(size=(101, 4))  # not a multiple of the block size
+    v1, g1 = lines.batch(p, X, reduce="none")
+    v2, g2 = tp.batch(p, X, reduce="none")
+    # Numba turns a literal x ** 2.0 into x * x, while the tape (like the engine) calls libm's
+    # pow, which may differ in the last bit: values agree to an ulp, the gradients exactly
+    np.testing.assert_allclose(v2, v1, rtol=2.5e-16, atol=0)
+    assert np.array_equal(g1, g2)
+    for red in ("sum", "mean"):
+        _, a = lines.batch(p, X, reduce=red)
+        _, b = tp.batch(p, X, reduce=red)
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(a, g1.sum(0) / (len(X) if red == "mean" else 1), rtol=1e-12)
+
+
+def test_tape_single_call_and_forward_match_the_engine(mlp_pair):
+    model, _, _, loss, _, tp = mlp_pair
+    for p in model.parameters():
+        p.grad = 0.0
+    loss.backward()
+    value, grad = tp()
+    assert value == pytest.approx(loss.data, rel=1e-12)
+    np.testing.assert_allclose(grad, [p.grad for p in model.parameters()], rtol=1e-12, atol=1e-15)
+    assert tp.forward() == pytest.approx(loss.data, rel=1e-12)
+    X = np.random.default_rng(2).normal(size=(5, 4))
+    np.testing.assert_allclose(tp.batch_forward(None, X), tp.batch(None, X)[0], rtol=0, atol=0)
+
+
+@settings(max_examples=40)
+@given(programs(n_inputs=(1, 3), max_ops=10, n_outputs=2))
+def test_tape_matches_python_lines_on_random_programs(case):
+    py, _ = _compile_case(case, "python")
+    tp, _ = _compile_case(case, "tape")
+    v1, g1 = py()
+    v2, g2 = tp()
+    np.testing.assert_allclose(v2, v1, rtol=1e-12, atol=1e-300, err_msg=str(case))
+    np.testing.assert_allclose(g2, g1, rtol=1e-9, atol=1e-12, err_msg=str(case))
+
+
+@settings(max_examples=30)
+@given(programs(n_inputs=(1, 3), max_ops=8, safe=False))
+def test_tape_follows_ieee_like_the_engine(case):
+    """Unrestricted programs (nan, inf, -0.0): the tape's value is the engine's, bit for bit."""
+    leaves, outs, _ = to_values(case.program, case.inputs)
+    tp = sg.compile(outs, wrt=leaves, backend="tape")
+    value, _ = tp()
+    # np.tanh and math.tanh may differ in the last bit; elsewhere the ops are the same libm calls
+    if "tanh" not in case.program.ops_used() and "sigmoid" not in case.program.ops_used():
+        assert same_float(value, outs[0].data), str(case)
+    else:
+        assert (math.isnan(value) and math.isnan(outs[0].data)) or value == pytest.approx(
+            outs[0].data, rel=1e-9, abs=0, nan_ok=True
+        ) or not math.isfinite(outs[0].data), str(case)
+
+
+@settings(max_examples=50)
+@given(programs(n_inputs=(1, 4), max_ops=14, n_outputs=3))
+def test_runs_are_independent_and_slots_never_clobber_live_values(case):
+    """No instruction of a run reads a slot that the same run writes; results survive to the end."""
+    from symgrad.autodiff import value_and_grad
+    from tests.strategies import to_ir
+
+    func = value_and_grad(to_ir(case.program), case.program.n_inputs)
+    t = tape.lower(func)
+    for _, lo, hi in t.runs:
+        written = set(t.out[lo:hi].tolist())
+        assert len(written) == hi - lo, case  # one slot per output in a run
+        assert not (written & set(t.a0[lo:hi].tolist())), case
+        binary = [k for k in range(lo, hi) if t.a1[k] != 0]
+        assert not (written & {int(t.a1[k]) for k in binary}), case
+    # the lowered tape computes what the IR evaluator computes
+    from symgrad.ir import evaluate
+
+    args = list(case.inputs)
+    want = evaluate(func, args)
+    n_out = len(case.program.outputs)
+    vals = np.zeros((1, n_out))
+    acc = np.zeros((1, len(want) - n_out))
+    # numba's np.tanh is libm's, as the evaluator's math.tanh (numpy's own may differ by an ulp)
+    tape.run(t, "numba", np.array(args, float), np.zeros((1, 0)), n_out, vals, acc, False)
+    got = list(vals[0]) + list(acc[0])
+    for a, b in zip(got, want, strict=True):
+        # accumulated results start from +0.0, so a -0.0 gradient reads as +0.0
+        assert same_float(a, b) or (a == b == 0.0), case
+
+
+@pytest.mark.slow
+def test_batch_does_not_depend_on_the_thread_count(mlp_pair):
+    numba = pytest.importorskip("numba")
+    _, _, _, _, lines, _ = mlp_pair
+    p = lines.current_params()
+    X = np.random.default_rng(3).normal(size=(5000, 4))  # above PARALLEL_ROWS: the threaded loop
+    results = []
+    for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+        numba.set_num_threads(threads)
+        results.append(lines.batch(p, X, reduce="sum"))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    (v0, g0), (v1, g1) = results[0], results[-1]
+    assert np.array_equal(v0, v1)
+    assert np.array_equal(g0, g1)
+    # the threaded build equals the serial one (same chunks, summed in the same order)
+    serial = lines._module.get(lines._vg, "sum", parallel=False)
+    vs, gs = np.zeros((len(X), 1)), np.zeros((1, lines.n_params))
+    serial(p, X, vs, gs)
+    assert np.array_equal(vs[:, 0], v0)
+    assert np.array_equal(gs[0], g0)
+    _, rows = lines.batch(p, X, reduce="none")
+    np.testing.assert_allclose(g0, rows.sum(0), rtol=1e-12, atol=1e-13)
+
