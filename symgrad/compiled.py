@@ -16,7 +16,7 @@ import numpy as np
 from . import cache, codegen, tape
 from .autodiff import name_gradients, value_and_grad
 from .engine import Value, topological_order
-from .ir import Func, verify
+from .ir import Const, Func, Var, atom_text, evaluate, first_nonfinite, instr_text, names, verify
 from .passes import optimize as run_passes
 from .trace import Traced, as_outputs, trace
 
@@ -272,6 +272,35 @@ class Compiled(Program):
             traced, [(grad_func, self._vg, grad_layout), (fwd_func, self._fw, fwd_layout)],
             backend, stats, t0,
         )
+
+    def debug(self, params: Any = None, inputs: Any = None) -> str:
+        """Where a nan or inf first appears at `params`/`inputs`, as a readable report.
+
+        Runs the IR with the reference rules (no compiled code) and names the first instruction,
+        in the forward pass and in the gradient, that made a non-finite number from finite
+        operands, with those operands. Returns "all values finite ..." when there is none.
+        """
+        p = self._params(params)
+        x = self._row(inputs)
+        args = [*p.tolist(), *x.tolist()]
+        lines = []
+        for what, func in (("forward", self.forward_ir), ("value and gradient", self.ir)):
+            hit = first_nonfinite(func, args)
+            if hit is None:
+                lines.append(f"{what}: all values finite")
+                continue
+            i, ins, v = hit
+            nm = names(func)
+            env: dict[Var, float] = {}
+            evaluate(func, args, env)
+            operands = ", ".join(
+                f"{atom_text(a, nm)} = {a.value if isinstance(a, Const) else env[a]!r}"
+                for a in ins.args
+            )
+            lines.append(
+                f"{what}: instruction {i} `{instr_text(ins, nm)}` gives {v!r} from {operands}"
+            )
+        return "\n".join(lines)
 
     def __call__(self, params: Any = None, inputs: Any = None) -> tuple[Any, np.ndarray]:
         """Value and gradient at `params` and `inputs` (each defaults to the leaves' ``.data``).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import keyword
+import math
 import re
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +20,7 @@ from .ops import OPS, OpDef, format_literal
 
 __all__ = [
     "Atom", "Builder", "Const", "Func", "Handle", "IRError", "Instr", "Var",
-    "evaluate", "names", "sanitize", "verify",
+    "evaluate", "first_nonfinite", "names", "sanitize", "verify",
 ]
 
 
@@ -277,11 +278,17 @@ def verify(func: Func) -> Func:
     return func
 
 
-def evaluate(func: Func, args: Sequence[float]) -> list[float]:
-    """Run `func` on floats with each op's reference rule (``impl``): the IR's semantics."""
+def evaluate(
+    func: Func, args: Sequence[float], env: dict[Var, float] | None = None
+) -> list[float]:
+    """Run `func` on floats with each op's reference rule (``impl``): the IR's semantics.
+
+    Pass a dict as `env` to get every intermediate value back in it.
+    """
     if len(args) != len(func.args):
         raise ValueError(f"{func.name} takes {len(func.args)} arguments, got {len(args)}")
-    env: dict[Var, float] = dict(zip(func.args, map(float, args), strict=True))
+    env = {} if env is None else env
+    env.update(zip(func.args, map(float, args), strict=True))
 
     def val(a: Atom) -> float:
         return a.value if isinstance(a, Const) else env[a]
@@ -290,6 +297,21 @@ def evaluate(func: Func, args: Sequence[float]) -> list[float]:
         op = OPS[ins.op]
         env[ins.out] = op.impl(*(val(a) for a in ins.args), **ins.param_dict())
     return [val(r) for r in func.results]
+
+
+def first_nonfinite(func: Func, args: Sequence[float]) -> tuple[int, Instr, float] | None:
+    """The first instruction of `func` at `args` whose result is nan or inf, with its operands
+    all finite (where the trouble starts); None if there is none."""
+    env: dict[Var, float] = {}
+    evaluate(func, args, env)
+    for i, ins in enumerate(func.body):
+        v = env[ins.out]
+        if math.isfinite(v):
+            continue
+        ops_ = [a.value if isinstance(a, Const) else env[a] for a in ins.args]
+        if all(math.isfinite(x) for x in ops_):
+            return i, ins, v
+    return None
 
 
 # ---- names and printing --------------------------------------------------------------------------

@@ -33,7 +33,10 @@ class OpDef:
         impl: numeric rule on floats with IEEE semantics (nan/inf, never an exception).
         vjp: ``(ct, out, *args, **params) -> tuple`` with one cotangent (or None for "zero")
             per operand. Arguments are floats or IR handles; see the module docstring.
-        py: source template over operands ``{0}``, ``{1}`` and parameters ``{p}``.
+        py: source template over operands ``{0}``, ``{1}`` and parameters ``{p}``. Its result
+            must be a numpy float (never a bare Python literal), so that plain-Python runs of
+            generated code keep IEEE semantics: ``np.float64(0.0) ** -1`` is inf, ``0.0 ** -1``
+            raises.
         sympy: ``(*sympy_args, **params) -> sympy expression``; takes the sympy module first.
         symbol: the ``Value._op`` string (micrograd's spelling: ``+``, ``*``, ``**2``, ``ReLU``).
         params: names of static (non-differentiable) float parameters, e.g. pow's exponent.
@@ -247,13 +250,13 @@ SIGMOID = defop(
 STEP = defop(
     # the derivative of relu; its own derivative is zero wherever it is defined
     "step", 1, impl=_step, vjp=lambda ct, out, x: (None,),
-    py="1.0 if {0} > 0.0 else 0.0", symbol="step", kinks=(0.0,),
+    py="np.float64(1.0) if {0} > 0.0 else np.float64(0.0)", symbol="step", kinks=(0.0,),
     sympy=lambda sp, x: sp.Piecewise((1, x > 0), (0, True)),
 )
 RELU = defop(
     # relu'(0) = 0 (micrograd's convention): the rule reads the output, and step(0) = 0
     "relu", 1, impl=_relu, vjp=lambda ct, out, x: (STEP(out) * ct,),
-    py="0.0 if {0} < 0.0 else {0}", symbol="ReLU", kinks=(0.0,),
+    py="np.float64(0.0) if {0} < 0.0 else {0}", symbol="ReLU", kinks=(0.0,),
     sympy=lambda sp, x: sp.Piecewise((x, x > 0), (0, True)),
 )
 SIN = defop(
