@@ -120,7 +120,7 @@ def test_threads_compile_and_call_at_once():
             X = np.zeros((50, 0))
             vals, g = f.batch(None, X)
             results[k] = (f(), vals, g, out, a, b)
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=job, args=(k,)) for k in range(8)]
