@@ -145,7 +145,10 @@ class Program:
         t = time.perf_counter()
         if self.lowering == "tape":
             self._module: codegen.Module | None = None
-            self._tapes = {name: tape.lower(func) for func, name, _ in kernels}
+            self._tapes = {
+                name: tape.lower(func, tape.n_uniform(lay), tape.n_assigned(lay))
+                for func, name, lay in kernels
+            }
             self.source = "\n\n".join(
                 [f"# {name}\n{tp.describe()}" for name, tp in self._tapes.items()]
                 + [tape.interpreter_source()]

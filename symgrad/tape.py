@@ -36,6 +36,8 @@ __all__ = ["BLOCK", "Tape", "interpreter_source", "lower", "run", "run_layout"]
 
 BLOCK = 32  # examples per block: the innermost loop's length
 OPCODES: dict[str, int] = {name: i for i, name in enumerate(sorted(OPS))}
+DOT = len(OPCODES)  # the tape's own fused op (see `fuse_dots`)
+MIN_DOT_TERMS = 3  # shorter sums stay as they are
 
 
 @dataclass(frozen=True)
@@ -46,15 +48,22 @@ class Tape:
         n_slots: workspace rows.
         arg_slots: slot of each function argument.
         result_slots: slot of each result (constants and arguments have slots too).
-        const_slots, const_values: slots filled with literals once per block.
+        result_b: -1, or for an accumulated result that is a product used nowhere else, the
+            slot of its second factor (``result_slots`` then holds the first): the product is
+            summed over the block without being stored.
+        const_slots, const_values: slots filled with literals once per call.
         runs: ``(n_runs, 3)`` int64: opcode, first and last+1 index into the instruction arrays.
-        out, a0, a1: per-instruction slots (a1 is 0 for unary ops).
+        out, a0, a1: per-instruction slots (a1 is 0 for unary ops); for a fused sum (`DOT`),
+            a0 and a1 delimit its terms in ``ta``, ``tb``, ``tu``.
         p: per-instruction static parameter (pow's exponent; 0.0 when unused).
+        ta, tb, tu: the terms ``work[ta] * work[tb]`` of fused sums; ``tu`` marks a ``tb`` that is
+            the same for every example (a parameter or a literal), read once.
     """
 
     n_slots: int
     arg_slots: np.ndarray
     result_slots: np.ndarray
+    result_b: np.ndarray
     const_slots: np.ndarray
     const_values: np.ndarray
     runs: np.ndarray
@@ -62,29 +71,149 @@ class Tape:
     a0: np.ndarray
     a1: np.ndarray
     p: np.ndarray
+    ta: np.ndarray
+    tb: np.ndarray
+    tu: np.ndarray
 
     def describe(self) -> str:
         """A short listing of the runs, for people (``f.source`` shows it for this lowering)."""
-        names = {v: k for k, v in OPCODES.items()}
+        names = {v: k for k, v in OPCODES.items()} | {DOT: "dot"}
         lines = [
-            f"# tape: {len(self.out)} instructions in {len(self.runs)} runs, "
-            f"{self.n_slots} workspace slots"
+            f"# tape: {len(self.out)} instructions ({len(self.ta)} fused product terms) in "
+            f"{len(self.runs)} runs, {self.n_slots} workspace slots"
         ]
         for r, (op, lo, hi) in enumerate(self.runs[:40]):
-            lines.append(f"#   run {r:4d}: {names[int(op)]:8s} x {hi - lo}")
+            extra = ""
+            if op == DOT:
+                extra = f" ({int((self.a1[lo:hi] - self.a0[lo:hi]).sum())} terms)"
+            lines.append(f"#   run {r:4d}: {names[int(op)]:8s} x {hi - lo}{extra}")
         if len(self.runs) > 40:
             lines.append(f"#   ... {len(self.runs) - 40} more runs")
         return "\n".join(lines)
 
 
-def lower(func: Func) -> Tape:
-    """Lower `func` to a `Tape`: level, group into runs, allocate slots."""
+@dataclass
+class _Step:
+    """One tape instruction: a table op, or a fused sum of products (op == DOT)."""
+
+    op: int
+    out: Var
+    args: tuple[Atom, ...] = ()
+    p: float = 0.0
+    terms: list[tuple[Atom, Atom]] | None = None
+
+    def operands(self) -> list[Atom]:
+        if self.terms is None:
+            return list(self.args)
+        return [a for t in self.terms for a in t]
+
+
+ONE = Const(1.0)
+
+
+def fuse_dots(func: Func) -> list[_Step]:
+    """Fuse left-folded sums of products, ``((t1 + t2) + t3) + ...``, into single DOT steps.
+
+    This is where the structure of micrograd models is recovered: a neuron's
+    ``b + w0*x0 + w1*x1 + ...`` and the backward pass's sums of ``w * ct`` over a layer become one
+    step each, whose terms are evaluated in exactly the original order (a term that is not a
+    product is multiplied by 1.0, which is exact), so the result is bit-for-bit the same. Only
+    intermediate sums and products used nowhere else are absorbed.
+    """
+    uses: dict[Var, int] = {}
+    for ins in func.body:
+        for a in ins.args:
+            if isinstance(a, Var):
+                uses[a] = uses.get(a, 0) + 1
+    for r in func.results:
+        if isinstance(r, Var):
+            uses[r] = uses.get(r, 0) + 2  # a result is never absorbed
+    defs = {ins.out: ins for ins in func.body}
+    chains: dict[Var, list[tuple[Atom, Atom]]] = {}  # open chain, keyed by its current sum
+
+    def term(x: Atom) -> tuple[Atom, Atom]:
+        d = defs.get(x) if isinstance(x, Var) else None
+        if d is not None and d.op == "mul" and uses[x] == 1:
+            return d.args[0], d.args[1]
+        return x, ONE
+
+    for ins in func.body:
+        if ins.op != "add":
+            continue
+        p, q = ins.args
+        if isinstance(p, Var) and p in chains and uses[p] == 1:
+            terms = chains.pop(p)
+            terms.append(term(q))
+        elif isinstance(q, Var) and q in chains and uses[q] == 1:
+            terms = chains.pop(q)  # addition commutes exactly
+            terms.append(term(p))
+        else:
+            terms = [term(p), term(q)]
+        chains[ins.out] = terms
+
+    # chains too short to be worth it stay as they were
+    fused = {out: terms for out, terms in chains.items() if len(terms) >= MIN_DOT_TERMS}
+    replaced = _members(fused, defs, uses)
+    steps: list[_Step] = []
+    for ins in func.body:
+        if ins.out in fused:
+            steps.append(_Step(DOT, ins.out, terms=fused[ins.out]))
+        elif ins.out in replaced:
+            continue
+        else:
+            p = ins.params[0] if ins.params else 0.0
+            steps.append(_Step(OPCODES[ins.op], ins.out, ins.args, p))
+    return steps
+
+
+def _members(
+    fused: dict[Var, list[tuple[Atom, Atom]]], defs: dict[Var, Any], uses: dict[Var, int]
+) -> set[Var]:
+    """The instructions fused chains replace: their inner sums and absorbed products.
+
+    Walks each chain down from its final sum the way `fuse_dots` built it up: through the first
+    single-use sum among the operands, taking every single-use product on the way.
+    """
+    members: set[Var] = set()
+    for out in fused:
+        # walk the chain down from its final sum through single-use sums
+        cur = defs[out]
+        while True:
+            nxt = None
+            for x in cur.args:
+                d = defs.get(x) if isinstance(x, Var) else None
+                if d is not None and d.op == "mul" and uses[x] == 1:
+                    members.add(x)
+            for x in cur.args:
+                d = defs.get(x) if isinstance(x, Var) else None
+                if (d is not None and d.op == "add" and uses[x] == 1 and x not in fused
+                        and nxt is None):
+                    nxt = d
+            if nxt is None:
+                break
+            members.add(nxt.out)
+            cur = nxt
+    return members
+
+
+def lower(func: Func, n_uniform: int = 0, n_assigned: int | None = None) -> Tape:
+    """Lower `func` to a `Tape`: fuse sums of products, level, group into runs, give slots.
+
+    The first `n_uniform` arguments are the same for every example of a batch (parameters);
+    fused products read them once per block instead of once per example. Results from index
+    `n_assigned` on are accumulated over examples (gradients); those that are products used
+    nowhere else are summed straight from their factors.
+    """
+    steps = fuse_dots(func)
+    n_assigned = len(func.results) if n_assigned is None else n_assigned
+    reduced = _reduced_products(func, steps, n_assigned)
+    steps = [st for st in steps if st.out not in reduced]
     level: dict[Var, int] = {a: 0 for a in func.args}
     order = []
-    for idx, ins in enumerate(func.body):
-        lv = 1 + max((level[a] for a in ins.args if isinstance(a, Var)), default=0)
-        level[ins.out] = lv
-        order.append((lv, OPCODES[ins.op], idx))
+    for idx, st in enumerate(steps):
+        lv = 1 + max((level[a] for a in st.operands() if isinstance(a, Var)), default=0)
+        level[st.out] = lv
+        order.append((lv, st.op, idx))
     order.sort()
     # runs: maximal groups with equal (level, opcode)
     groups: list[list[int]] = []
@@ -100,11 +229,12 @@ def lower(func: Func) -> Tape:
     last_use: dict[Any, int] = {}
     for g, members in enumerate(groups):
         for idx in members:
-            for a in func.body[idx].args:
+            for a in steps[idx].operands():
                 last_use[_key(a)] = g
-    end = len(groups)
     for r in func.results:
-        last_use[_key(r)] = end
+        last_use[_key(r)] = len(groups)
+    for x, y in reduced.values():
+        last_use[_key(x)] = last_use[_key(y)] = len(groups)
 
     slot_of: dict[Any, int] = {}
     free: list[int] = []
@@ -120,39 +250,54 @@ def lower(func: Func) -> Tape:
     for a in func.args:  # arguments and literals keep their slots for the whole tape
         slot_of[_key(a)] = new_slot()
     consts: dict[Any, float] = {}
-    for ins in func.body:
-        for a in ins.args:
-            if isinstance(a, Const) and _key(a) not in slot_of:
-                slot_of[_key(a)] = new_slot()
-                consts[_key(a)] = a.value
-    for r in func.results:
-        if isinstance(r, Const) and _key(r) not in slot_of:
-            slot_of[_key(r)] = new_slot()
-            consts[_key(r)] = r.value
+    results = [r for r in func.results if not (isinstance(r, Var) and r in reduced)]
+    for a in [x for st in steps for x in st.operands()] + results + [
+        x for pair in reduced.values() for x in pair
+    ]:
+        if isinstance(a, Const) and _key(a) not in slot_of:
+            slot_of[_key(a)] = new_slot()
+            consts[_key(a)] = a.value
     pinned = set(slot_of.values())
+    uniform = {slot_of[_key(a)] for a in func.args[:n_uniform]} | {
+        slot_of[k] for k in consts
+    }
 
     by_run: dict[int, list[Any]] = {}
     for k, g in last_use.items():
         by_run.setdefault(g, []).append(k)
 
-    n = len(func.body)
+    n = len(steps)
     out = np.zeros(n, np.int64)
     a0 = np.zeros(n, np.int64)
     a1 = np.zeros(n, np.int64)
     p = np.zeros(n, np.float64)
+    ta: list[int] = []
+    tb: list[int] = []
+    tu: list[int] = []
     runs = np.zeros((len(groups), 3), np.int64)
     pos = 0
     for g, members in enumerate(groups):
         # outputs are allocated before this run's dead operands are freed, so no instruction of
         # a run overwrites an operand another instruction of the same run still has to read
         for idx in members:
-            ins = func.body[idx]
+            st = steps[idx]
             s = new_slot()
-            slot_of[_key(ins.out)] = s
+            slot_of[_key(st.out)] = s
             out[pos] = s
-            a0[pos] = slot_of[_key(ins.args[0])]
-            a1[pos] = slot_of[_key(ins.args[1])] if len(ins.args) > 1 else 0
-            p[pos] = ins.params[0] if ins.params else 0.0
+            if st.terms is not None:
+                a0[pos] = len(ta)
+                for x, y in st.terms:
+                    sx, sy = slot_of[_key(x)], slot_of[_key(y)]
+                    if sx in uniform and sy not in uniform:
+                        sx, sy = sy, sx  # products commute exactly: keep the uniform one second
+                    ta.append(sx)
+                    tb.append(sy)
+                    tu.append(int(sy in uniform))
+                a1[pos] = len(ta)
+            else:
+                a0[pos] = slot_of[_key(st.args[0])]
+                a1[pos] = slot_of[_key(st.args[1])] if len(st.args) > 1 else 0
+                p[pos] = st.p
             pos += 1
         runs[g] = (keys[g][1], pos - len(members), pos)
         for k in by_run.get(g, ()):
@@ -161,17 +306,42 @@ def lower(func: Func) -> Tape:
                 free.append(s)
         # a value never read after its own run (dead code) is freed too
         for idx in members:
-            k = _key(func.body[idx].out)
+            k = _key(steps[idx].out)
             if k not in last_use:
                 free.append(slot_of[k])
     return Tape(
         n_slots=max(n_slots, 1),
         arg_slots=np.array([slot_of[_key(a)] for a in func.args], np.int64),
-        result_slots=np.array([slot_of[_key(r)] for r in func.results], np.int64),
+        result_slots=np.array(
+            [slot_of[_key(reduced[r][0] if r in reduced else r)] for r in func.results], np.int64
+        ),
+        result_b=np.array(
+            [slot_of[_key(reduced[r][1])] if r in reduced else -1 for r in func.results],
+            np.int64,
+        ),
         const_slots=np.array([slot_of[k] for k in consts], np.int64),
         const_values=np.array(list(consts.values()), np.float64),
         runs=runs, out=out, a0=a0, a1=a1, p=p,
+        ta=np.array(ta, np.int64), tb=np.array(tb, np.int64), tu=np.array(tu, np.int64),
     )
+
+
+def _reduced_products(
+    func: Func, steps: list[_Step], n_assigned: int
+) -> dict[Atom, tuple[Atom, Atom]]:
+    """Accumulated results that are products read by nothing else: result -> its factors."""
+    mul = OPCODES["mul"]
+    defs = {st.out: st for st in steps if st.op == mul}
+    read = {a for st in steps for a in st.operands() if isinstance(a, Var)}
+    count: dict[Atom, int] = {}
+    for r in func.results:
+        count[r] = count.get(r, 0) + 1
+    out: dict[Atom, tuple[Atom, Atom]] = {}
+    for i, r in enumerate(func.results):
+        if i >= n_assigned and isinstance(r, Var) and r in defs and r not in read and count[r] == 1:
+            x, y = defs[r].args
+            out[r] = (x, y)
+    return out
 
 
 def _key(a: Atom) -> Any:
@@ -188,7 +358,7 @@ def interpreter_source() -> str:
         "import numpy as np",
         "",
         "",
-        "def run_block(runs, out, a0, a1, p, work, nb):",
+        "def run_block(runs, out, a0, a1, p, ta, tb, tu, work, acc, nb):",
         "    for r in range(runs.shape[0]):",
         "        op = runs[r, 0]",
         "        lo = runs[r, 1]",
@@ -212,88 +382,169 @@ def interpreter_source() -> str:
             f"                    work[o, e] = {expr}",
         ]
     lines += [
+        f"        elif op == {DOT}:  # fused sum of products, in the original order",
+        "            for k in range(lo, hi):",
+        "                for t in range(a0[k], a1[k]):",
+        "                    a = ta[t]",
+        "                    b = tb[t]",
+        "                    if tu[t]:  # the same for every example: read it once",
+        "                        s = work[b, 0]",
+        "                        if t == a0[k]:",
+        "                            for e in range(nb):",
+        "                                acc[e] = work[a, e] * s",
+        "                        else:",
+        "                            for e in range(nb):",
+        "                                acc[e] = acc[e] + work[a, e] * s",
+        "                    elif t == a0[k]:",
+        "                        for e in range(nb):",
+        "                            acc[e] = work[a, e] * work[b, e]",
+        "                    else:",
+        "                        for e in range(nb):",
+        "                            acc[e] = acc[e] + work[a, e] * work[b, e]",
+        "                o = out[k]",
+        "                for e in range(nb):",
+        "                    work[o, e] = acc[e]",
+    ]
+    lines += [
         "",
         "",
-        "def run_batch(tape_runs, out, a0, a1, p, arg_slots, const_slots, const_values,",
-        "              result_slots, n_slots, block, params, X, n_out, values, acc, per_row):",
-        "    # params broadcast over a block; X rows are examples; the first n_out results are",
-        "    # values, the rest are added into acc (summed over rows) or, per_row, into acc[row]",
+        "def run_batch(tape_runs, out, a0, a1, p, ta, tb, tu, arg_slots, const_slots,",
+        "              const_values, result_slots, result_b, n_slots, block, n_chunks, params, X,",
+        "              n_out, values, acc, per_row):",
+        "    # params are broadcast over a block; X rows are examples; the first n_out results",
+        "    # are values, the rest are added into acc (summed over rows) or, per_row, acc[row].",
+        "    # Blocks are split into n_chunks chunks (prange: one thread each), whose sums are",
+        "    # added in chunk order, so the result does not depend on the number of threads.",
         "    n = X.shape[0]",
         "    n_params = params.shape[0]",
-        "    work = np.empty((n_slots, block))",
-        "    for s in range(const_slots.shape[0]):",
-        "        work[const_slots[s], :] = const_values[s]",
-        "    for j in range(n_params):",
-        "        work[arg_slots[j], :] = params[j]",
         "    n_acc = result_slots.shape[0] - n_out",
-        "    for start in range(0, n, block):",
-        "        nb = min(block, n - start)",
-        "        for j in range(X.shape[1]):",
-        "            s = arg_slots[n_params + j]",
-        "            for e in range(nb):",
-        "                work[s, e] = X[start + e, j]",
-        "        run_block(tape_runs, out, a0, a1, p, work, nb)",
-        "        for k in range(n_out):",
-        "            s = result_slots[k]",
-        "            for e in range(nb):",
-        "                values[start + e, k] = work[s, e]",
-        "        for k in range(n_acc):",
-        "            s = result_slots[n_out + k]",
-        "            if per_row:",
+        "    n_blocks = (n + block - 1) // block",
+        "    chunk_acc = np.zeros((n_chunks, n_acc))",
+        "    for c in prange(n_chunks):",
+        "        work = np.empty((n_slots, block))",
+        "        dot_acc = np.empty(block)",
+        "        for s in range(const_slots.shape[0]):",
+        "            work[const_slots[s], :] = const_values[s]",
+        "        for j in range(n_params):",
+        "            work[arg_slots[j], :] = params[j]",
+        "        for bi in range(c * n_blocks // n_chunks, (c + 1) * n_blocks // n_chunks):",
+        "            start = bi * block",
+        "            nb = min(block, n - start)",
+        "            for j in range(X.shape[1]):",
+        "                s = arg_slots[n_params + j]",
         "                for e in range(nb):",
-        "                    acc[start + e, k] += work[s, e]",
-        "            else:",
-        "                t = 0.0",
+        "                    work[s, e] = X[start + e, j]",
+        "            run_block(tape_runs, out, a0, a1, p, ta, tb, tu, work, dot_acc, nb)",
+        "            for k in range(n_out):",
+        "                s = result_slots[k]",
         "                for e in range(nb):",
-        "                    t += work[s, e]",
-        "                acc[0, k] += t",
+        "                    values[start + e, k] = work[s, e]",
+        "            for k in range(n_acc):",
+        "                s = result_slots[n_out + k]",
+        "                s2 = result_b[n_out + k]  # >= 0: the result is work[s] * work[s2]",
+        "                if per_row:",
+        "                    if s2 < 0:",
+        "                        for e in range(nb):",
+        "                            acc[start + e, k] += work[s, e]",
+        "                    else:",
+        "                        for e in range(nb):",
+        "                            acc[start + e, k] += work[s, e] * work[s2, e]",
+        "                else:",
+        "                    t = 0.0",
+        "                    if s2 < 0:",
+        "                        for e in range(nb):",
+        "                            t += work[s, e]",
+        "                    else:",
+        "                        for e in range(nb):",
+        "                            t += work[s, e] * work[s2, e]",
+        "                    chunk_acc[c, k] += t",
+        "    if not per_row:",
+        "        for c in range(n_chunks):",
+        "            for k in range(n_acc):",
+        "                acc[0, k] += chunk_acc[c, k]",
     ]
     return "\n".join(lines) + "\n"
 
 
 _lock = threading.Lock()
-_interpreters: dict[str, Callable[..., None]] = {}
+_interpreters: dict[tuple[str, bool], Callable[..., None]] = {}
+_namespaces: dict[str, tuple[dict[str, Any], bool]] = {}
+
+N_CHUNKS = 16  # fixed, so results do not depend on the thread count
+PARALLEL_ROWS = 256  # batches at least this large run on all cores
 
 
-def interpreter(backend: str) -> Callable[..., None]:
-    """``run_batch`` for `backend`, built (and, for numba, JIT-compiled) once per process."""
+def interpreter(backend: str, parallel: bool = False) -> Callable[..., None]:
+    """``run_batch`` for `backend`, built (and, for numba, JIT-compiled) once per process.
+
+    `parallel` asks for the multi-threaded build (numba only); it computes the same numbers.
+    """
+    parallel = parallel and backend == "numba"
     with _lock:
-        fn = _interpreters.get(backend)
-        if fn is None:
+        fn = _interpreters.get((backend, parallel))
+        if fn is not None:
+            return fn
+        if backend not in _namespaces:
             src = interpreter_source()
-            mod = cache.load_module(src, "tape_interpreter", {}) if backend == "numba" else None
-            ns = mod.__dict__ if mod is not None else exec_source(src, "tape")
-            fn = ns["run_batch"]
+            mod, extra = None, None
             if backend == "numba":
-                fn = _jit_interpreter(ns, cached=mod is not None)
-            _interpreters[backend] = fn
+                import numba
+
+                extra = {"prange": numba.prange}
+                mod = cache.load_module(src, "tape_interpreter", extra)
+            ns = mod.__dict__ if mod is not None else exec_source(src, "tape", extra)
+            _namespaces[backend] = (ns, mod is not None)
+        ns, cached = _namespaces[backend]
+        fn = ns["run_batch"]
+        if backend == "numba":
+            fn = _jit_interpreter(ns, cached, parallel)
+        _interpreters[(backend, parallel)] = fn
     return fn
 
 
+_I1 = "int64[::1]"
 _SIG_BLOCK = (
-    "void(int64[:, ::1], int64[::1], int64[::1], int64[::1], float64[::1], float64[:, ::1], "
-    "int64)"
+    f"void(int64[:, ::1], {_I1}, {_I1}, {_I1}, float64[::1], {_I1}, {_I1}, {_I1}, "
+    "float64[:, ::1], float64[::1], int64)"
 )
 _SIG_BATCH = (
-    "void(int64[:, ::1], int64[::1], int64[::1], int64[::1], float64[::1], int64[::1], "
-    "int64[::1], float64[::1], int64[::1], int64, int64, float64[::1], float64[:, ::1], int64, "
-    "float64[:, ::1], float64[:, ::1], boolean)"
+    f"void(int64[:, ::1], {_I1}, {_I1}, {_I1}, float64[::1], {_I1}, {_I1}, {_I1}, {_I1}, "
+    f"{_I1}, float64[::1], {_I1}, {_I1}, int64, int64, int64, float64[::1], float64[:, ::1], "
+    "int64, float64[:, ::1], float64[:, ::1], boolean)"
 )
 
 
-def _jit_interpreter(ns: dict[str, Any], cached: bool) -> Callable[..., None]:
+def _jit_interpreter(ns: dict[str, Any], cached: bool, parallel: bool) -> Callable[..., None]:
     f = ns.get("__file__")
-    ns["run_block"] = jit_compile(ns["run_block"], _SIG_BLOCK, False, cached, f)
-    return jit_compile(ns["run_batch"], _SIG_BATCH, False, cached, f)
+    if not hasattr(ns["run_block"], "py_func"):
+        ns["run_block"] = jit_compile(ns["run_block"], _SIG_BLOCK, False, cached, f)
+    return jit_compile(ns["run_batch"], _SIG_BATCH, parallel, cached, f)
 
 
 def run(tape: Tape, backend: str, params: np.ndarray, X: np.ndarray, n_out: int,
         values: np.ndarray, acc: np.ndarray, per_row: bool) -> None:
     """Run `tape` over the rows of `X`: values ``(N, n_out)``; acc ``(1 or N, n_acc)``."""
-    fn = interpreter(backend)
-    fn(tape.runs, tape.out, tape.a0, tape.a1, tape.p, tape.arg_slots, tape.const_slots,
-       tape.const_values, tape.result_slots, tape.n_slots, BLOCK, params, X, n_out,
-       values, acc, per_row)
+    n = X.shape[0]
+    fn = interpreter(backend, parallel=n >= PARALLEL_ROWS)
+    n_chunks = max(1, min(N_CHUNKS, (n + BLOCK - 1) // BLOCK))
+    fn(tape.runs, tape.out, tape.a0, tape.a1, tape.p, tape.ta, tape.tb, tape.tu,
+       tape.arg_slots, tape.const_slots, tape.const_values, tape.result_slots, tape.result_b,
+       tape.n_slots, BLOCK, n_chunks, params, X, n_out, values, acc, per_row)
+
+
+def n_assigned(layout: Layout) -> int:
+    """How many results of `layout` are assigned per row (they come before accumulated ones)."""
+    return sum(int(np.prod(s)) for nm, s in layout.results if nm not in layout.accumulate)
+
+
+def n_uniform(layout: Layout) -> int:
+    """How many leading arguments of `layout` are the same for every row of a batch."""
+    n = 0
+    for name, length in layout.args:
+        if name in layout.per_row:
+            break
+        n += length
+    return n
 
 
 def run_layout(tape: Tape, layout: Layout, backend: str, batch: str | None,
@@ -305,6 +556,9 @@ def run_layout(tape: Tape, layout: Layout, backend: str, batch: str | None,
     accumulated ones in the layout, as they do for every kernel symgrad builds.
     """
     n_args = len(layout.args)
+    names = [nm for nm, _ in layout.args]
+    if any(nm in layout.per_row for nm in names[: len(names) - len(layout.per_row)]):
+        raise ValueError(f"per-row arguments must come last in a tape layout, got {names}")
     arg_arrays, res_arrays = arrays[:n_args], arrays[n_args:]
     named = list(zip((nm for nm, _ in layout.args), arg_arrays, strict=True))
     fixed = [a.reshape(-1) for nm, a in named if nm not in layout.per_row]

@@ -13,6 +13,7 @@ import random
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import symgrad as sg
 from symgrad import tape
@@ -126,13 +127,17 @@ def test_runs_are_independent_and_slots_never_clobber_live_values(case):
     from tests.strategies import to_ir
 
     func = value_and_grad(to_ir(case.program), case.program.n_inputs)
-    t = tape.lower(func)
-    for _, lo, hi in t.runs:
+    t = tape.lower(func, n_uniform=1)
+    for op, lo, hi in t.runs:
         written = set(t.out[lo:hi].tolist())
         assert len(written) == hi - lo, case  # one slot per output in a run
-        assert not (written & set(t.a0[lo:hi].tolist())), case
-        binary = [k for k in range(lo, hi) if t.a1[k] != 0]
-        assert not (written & {int(t.a1[k]) for k in binary}), case
+        if op == tape.DOT:
+            read = {int(s) for k in range(lo, hi) for s in t.ta[t.a0[k]:t.a1[k]]}
+            read |= {int(s) for k in range(lo, hi) for s in t.tb[t.a0[k]:t.a1[k]]}
+        else:
+            read = set(t.a0[lo:hi].tolist())
+            read |= {int(t.a1[k]) for k in range(lo, hi) if t.a1[k] != 0}
+        assert not (written & read), case
     # the lowered tape computes what the IR evaluator computes
     from symgrad.ir import evaluate
 
@@ -142,7 +147,8 @@ def test_runs_are_independent_and_slots_never_clobber_live_values(case):
     vals = np.zeros((1, n_out))
     acc = np.zeros((1, len(want) - n_out))
     # numba's np.tanh is libm's, as the evaluator's math.tanh (numpy's own may differ by an ulp)
-    tape.run(t, "numba", np.array(args, float), np.zeros((1, 0)), n_out, vals, acc, False)
+    tape.run(t, "numba", np.array(args[:1], float), np.array([args[1:]], float), n_out, vals,
+             acc, False)
     got = list(vals[0]) + list(acc[0])
     for a, b in zip(got, want, strict=True):
         # accumulated results start from +0.0, so a -0.0 gradient reads as +0.0
@@ -172,3 +178,49 @@ def test_batch_does_not_depend_on_the_thread_count(mlp_pair):
     _, rows = lines.batch(p, X, reduce="none")
     np.testing.assert_allclose(g0, rows.sum(0), rtol=1e-12, atol=1e-13)
 
+
+
+@st.composite
+def _sums_of_products(draw):
+    """Random left-folded sums mixing products, plain terms, parameters and shared values."""
+    n_w, n_x = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    vals = st.floats(-4, 4, allow_nan=False, allow_infinity=False)
+    w = [sg.Value(draw(vals), label=f"w{i}") for i in range(n_w)]
+    x = [sg.Value(draw(vals), label=f"x{i}") for i in range(n_x)]
+    pool = w + x
+    outs = []
+    for _ in range(draw(st.integers(1, 3))):
+        s = draw(st.sampled_from(pool))
+        for _ in range(draw(st.integers(1, 9))):
+            kind = draw(st.integers(0, 4))
+            a, b = draw(st.sampled_from(pool)), draw(st.sampled_from(pool))
+            t = a * b if kind < 3 else a
+            s = s + t if kind != 1 else t + s  # both operand orders
+            if draw(st.booleans()):
+                pool.append(t if kind < 3 else s)  # shared: used again later
+        outs.append(s)
+    return w, x, outs
+
+
+@settings(max_examples=60)
+@given(_sums_of_products())
+def test_fused_sums_are_bit_for_bit_the_unfused_ones(case):
+    """Sums and products only: the fused tape must give exactly the unfused code's bits."""
+    w, x, outs = case
+    ref = sg.compile(outs, wrt=w, inputs=x, backend="python")
+    tp = sg.compile(outs, wrt=w, inputs=x, backend="tape")
+    X = np.random.default_rng(0).normal(size=(40, len(x)))
+    v1, g1 = ref.batch(None, X, reduce="none")
+    v2, g2 = tp.batch(None, X, reduce="none")
+    assert np.array_equal(v1, v2)
+    assert np.array_equal(g1, g2)
+
+
+def test_mlp_layers_become_a_few_fused_runs():
+    model, x, y, loss = _mlp_loss(4, 8)
+    f = sg.compile(loss, wrt=model.parameters(), inputs=[*x, y], backend="tape")
+    t = f._tapes[f._vg]
+    dots = [r for r in t.runs if r[0] == tape.DOT]
+    assert len(dots) >= 4  # two layers forward, the backward sums
+    assert len(t.runs) < 40 < len(f.ir.body)
+    assert "dot" in f.source
