@@ -91,6 +91,8 @@ def apply(op: OpDef, args: tuple[Any, ...], params: dict[str, float]) -> Any:
         raise TypeError(f"{op.name} takes {op.arity} operand(s), got {len(args)}")
     if set(params) != set(op.params):
         raise TypeError(f"{op.name} takes parameters {op.params}, got {tuple(params)}")
+    # floats for every caller, hooks included: POW(v, p=-1) must not hand _pow an int
+    params = {k: _param(op, k, v) for k, v in params.items()}
     for a in args:
         hook = getattr(type(a), "_symgrad_apply", None)
         if hook is not None:
@@ -116,6 +118,15 @@ def _as_float(a: Any) -> float:
     if isinstance(a, numbers.Real) and not isinstance(a, bool):
         return float(a)
     raise TypeError
+
+
+def _param(op: OpDef, name: str, v: Any) -> float:
+    try:
+        return _as_float(v)
+    except TypeError:
+        raise TypeError(
+            f"{op.name}: parameter {name} must be a number, got {type(v).__name__} {v!r:.40}"
+        ) from None
 
 
 def _short(v: float) -> str:
@@ -228,7 +239,8 @@ NEG = defop(
 POW = defop(
     "pow", 1, impl=_pow, params=("p",),
     # the exponent is a compile-time constant, so only the base gets a cotangent
-    vjp=lambda ct, out, x, p: ((p * POW(x, p=p - 1.0)) * ct,),
+    # x ** 0 is constant: no cotangent (0 * x ** -1 would be nan at x = 0)
+    vjp=lambda ct, out, x, p: (None if p == 0.0 else (p * POW(x, p=p - 1.0)) * ct,),
     py="{0} ** {p}", sympy=lambda sp, x, p: x ** sp.nsimplify(p), symbol="**{p}",
 )
 EXP = defop(

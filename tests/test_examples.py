@@ -1,0 +1,73 @@
+"""The examples run and print the lecture's numbers.
+
+Oracle: the numbers the notebook states (o = 0.7071, its grads -1.5, 0.5, 1.0, 0.0; d's grads
+-3, 2, 1), read back from the script's output.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LECTURE = ROOT / "examples" / "lecture.py"
+
+
+def _load(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _number(output: str, pattern: str) -> float:
+    match = re.search(pattern + r"\s*(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)", output)
+    assert match, f"no line matching {pattern!r} in:\n{output}"
+    return float(match.group(1))
+
+
+def test_lecture_functions_can_be_imported(capsys: pytest.CaptureFixture[str]) -> None:
+    lecture = _load(LECTURE)
+    assert abs(lecture.numerical_derivative() - 14.0) < 1e-3
+    a, b, c, _ = lecture.expression()
+    assert (a.grad, b.grad, c.grad) == (-3.0, 2.0, 1.0)
+    values, o = lecture.neuron()
+    assert abs(o.data - 0.7071067811865476) < 1e-12
+    assert lecture.check_neuron(values) < 1e-8
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_lecture_script_prints_the_notebook_numbers(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, str(LECTURE), "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert abs(_number(out, r"f'\(3\.0\) ~=") - 14.0) < 1e-3
+    assert _number(out, r"a\.grad =") == -3.0
+    assert _number(out, r"b\.grad =") == 2.0
+    assert _number(out, r"c\.grad =") == 1.0
+    assert "o = tanh(n) = 0.7071" in out
+    expected = {"x1": -1.5, "x2": 0.5, "w1": 1.0, "w2": 0.0}
+    for name, grad in expected.items():
+        assert _number(out, rf"{name}\.grad =") == grad
+    assert _number(out, r"finite differences agree with backward\(\) to") < 1e-6
+    assert _number(out, r"final loss =") < 0.05
+    assert len(re.findall(r"step\s+\d+: loss =", out)) == 10
+    if shutil.which("dot"):
+        assert (tmp_path / "d.svg").exists() and (tmp_path / "o.svg").exists()
+    else:
+        assert "not installed" in out
