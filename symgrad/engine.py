@@ -151,15 +151,21 @@ class Value:
 
     # ---- backpropagation ----------------------------------------------------------------------
 
-    def _backward(self) -> None:
-        """Add this node's contribution to its operands' grads (micrograd's closure, as a rule)."""
+    def _backward(self) -> tuple[Value, ...]:
+        """Add this node's contribution to its operands' grads (micrograd's closure, as a rule).
+
+        Returns the operands that received a contribution (a rule returns None for "zero").
+        """
         op = self._opdef
         if op is None:
-            return
+            return ()
         cts = op.vjp(self.grad, self.data, *(c.data for c in self._prev), **self._params)
+        reached = []
         for child, ct in zip(self._prev, cts, strict=True):
             if ct is not None:
                 child.grad += ct
+                reached.append(child)
+        return tuple(reached)
 
     def backward(self) -> None:
         """Backpropagate from this node: every node's ``.grad`` += d(self)/d(node).
@@ -169,8 +175,12 @@ class Value:
         """
         topo = topological_order([self])
         self.grad = 1.0
+        # a node no cotangent reached (only behind a rule's None, e.g. relu's step) is skipped,
+        # exactly as compiled code never computes its adjoint: 0 * nan would otherwise leak in
+        reached = {id(self)}
         for node in reversed(topo):
-            node._backward()
+            if id(node) in reached:
+                reached.update(id(c) for c in node._backward())
 
     def __repr__(self) -> str:
         lab = f", label={self.label!r}" if self.label else ""

@@ -163,6 +163,8 @@ def _pow(x: float, p: float) -> float:
         odd = p.is_integer() and int(p) % 2 == 1
         return math.copysign(math.inf, x) if odd else math.inf
     except OverflowError:
+        if x < 0 and not p.is_integer():
+            return math.nan  # a negative base to a fractional power, however large
         odd = p.is_integer() and int(p) % 2 == 1
         return -math.inf if (odd and x < 0) else math.inf
     if isinstance(r, complex):  # negative base, fractional exponent
