@@ -230,7 +230,7 @@ class Module:
         else:
             self._ns = exec_source(source, name)
         self._compiled: dict[str, Callable[..., None]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: a batch loop first builds its kernel
 
     def get(
         self, kernel: str, batch: str | None = None, parallel: bool = False

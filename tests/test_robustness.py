@@ -276,3 +276,17 @@ def test_label_with_code_is_never_executed(tmp_path):
         f.batch(None, np.zeros((3, 0)))
         assert "os.system" not in f.source and "open(" not in f.source
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("backend", ["python", "numba"])
+def test_batch_forward_on_a_fresh_function_does_not_deadlock(backend):
+    """The batch loop builds its kernel first, under the same (reentrant) lock."""
+    w, x = sg.Value(0.3, label="w"), sg.Value(0.0, label="x")
+    f = sg.compile((w * x).tanh(), wrt=[w], inputs=[x], backend=backend)
+    result = {}
+    t = threading.Thread(target=lambda: result.update(v=f.batch_forward(None, np.ones((3, 1)))),
+                         daemon=True)
+    t.start()
+    t.join(timeout=120)
+    assert not t.is_alive(), "batch_forward hung"
+    np.testing.assert_allclose(result["v"], np.tanh(0.3), rtol=1e-15)

@@ -1,0 +1,777 @@
+"""Benchmark: symgrad's compiled value-and-gradient against the alternatives.
+
+For each model it times value + gradient of the summed per-example loss ``(out - y)**2`` over a
+whole data set, for these contenders:
+
+- ``symgrad``: ``f = sg.compile(loss, wrt=params, inputs=x + [y])`` then
+  ``f.batch(params, X, reduce="sum")``; "compile s" is `sg.compile` plus the first call.
+- ``interp``: symgrad's interpreted engine used as a micrograd user would: rebuild the graph for
+  every example on every call, sum the losses, zero the grads, ``backward()``.
+- ``micrograd``: the original package, same protocol. micrograd has no ``tanh`` (nor ``exp``), so it
+  runs the same network with ``relu`` in place of every ``tanh``: the same number of nodes, one
+  cheap op swapped; the table says so.
+- ``numba``: a hand-written Numba kernel (loops over layers, forward with tanh, backward by hand,
+  gradient summed over the examples, float64). Its gradient is checked against symgrad's to 1e-9
+  before it is timed.
+- ``jax``: ``jax.jit(jax.value_and_grad(loss))`` in float64, when ``import jax`` works.
+
+Models: the lecture's neuron (``tanh(x1*w1 + x2*w2 + b)`` with the lecture's weights) and the
+lecture's tanh MLP at two sizes: MLP(2,[16,16,1]) x 100 examples and MLP(16,[64,64,1]) x 1000.
+On the large model the interpreted engines run on a subset of the examples (``--subset``) and
+their time is extrapolated linearly to the whole data set (marked ``*`` in the table).
+
+Timings come from ONE run with interleaved repetitions: after a warm-up call, every round calls
+each contender in turn (round-robin, starting point rotated each round) and the table reports the
+median over the rounds. Fast calls are repeated within a sample so a sample lasts ``--target`` s.
+
+Usage::
+
+    python benchmarks/bench.py                  # all models (symgrad on the large model can take
+                                                #  minutes with the numba backend: see --skip)
+    python benchmarks/bench.py --quick          # small models, few rounds: about a minute
+    python benchmarks/bench.py --skip symgrad@large --skip micrograd
+    python benchmarks/bench.py --backend python
+    python benchmarks/bench.py --sizes          # compile-time scaling table only
+    python benchmarks/bench.py --sizes 2,4,8    # ... at chosen k for MLP(k, [2k, 2k, 1])
+
+``--skip`` takes a contender (``symgrad``, ``interp``, ``micrograd``, ``numba``, ``jax``), a
+model (``neuron``, ``small``, ``large``) or ``contender@model``; it may be repeated or
+comma-separated. Progress goes to stderr, the tables to stdout. The exit status is 1 when a
+contender failed (an exception, or a gradient that disagrees with symgrad's), else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import itertools
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+import symgrad as sg  # noqa: E402
+from symgrad.nn import MLP  # noqa: E402
+
+OTHERS = ("interp", "micrograd", "numba", "jax")
+CONTENDERS = ("symgrad", *OTHERS)  # "symgrad" stands for one contender per --backend
+LABELS = {
+    "interp": "symgrad interpreted",
+    "micrograd": "micrograd (relu for tanh)",
+    "numba": "hand-written numba",
+    "jax": "jax.jit value_and_grad",
+}
+MODELS = ("neuron", "small", "large")
+LECTURE_NEURON = (-3.0, 1.0, 6.8813735870195432)  # the lecture's w1, w2, b
+GRAD_TOL = 1e-9  # relative to the gradient's largest entry
+
+
+def log(msg: str) -> None:
+    """Progress message on stderr (the tables go to stdout)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- models and data -----------------------------------------------------------------------------
+
+
+@dataclass
+class Model:
+    """One benchmark problem: a network shape, its parameters and a data set.
+
+    ``sizes`` is ``[nin, *nouts]``; every layer applies tanh (the lecture's network). ``params``
+    is flat in symgrad's order: layer by layer, neuron by neuron, weights then bias.
+    """
+
+    key: str
+    title: str
+    sizes: list[int]
+    params: np.ndarray
+    X: np.ndarray  # (N, nin)
+    Y: np.ndarray  # (N,)
+    neuron: bool = False  # the lecture's hand-written neuron instead of symgrad.nn.MLP
+
+    @property
+    def n(self) -> int:
+        """Number of examples."""
+        return int(self.X.shape[0])
+
+    @property
+    def XY(self) -> np.ndarray:
+        """The inputs symgrad's batch call takes: one row ``[x0, ..., x_{nin-1}, y]``."""
+        return np.ascontiguousarray(np.column_stack([self.X, self.Y]))
+
+
+def n_params(sizes: Sequence[int]) -> int:
+    """Parameters of a dense network with these layer sizes (weights and a bias per neuron)."""
+    return sum((a + 1) * b for a, b in itertools.pairwise(sizes))
+
+
+def make_model(key: str, nin: int, nouts: list[int], n: int, seed: int) -> Model:
+    """An MLP(nin, nouts) initialised by symgrad.nn (random.seed(seed)), with n random examples."""
+    random.seed(seed)
+    mlp = MLP(nin, nouts)
+    params = np.array([p.data for p in mlp.parameters()])
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, nin))
+    Y = rng.choice([-1.0, 1.0], size=n)
+    title = f"MLP({nin},{nouts}) x{n}".replace(" ", "")
+    return Model(key, title, [nin, *nouts], params, X, Y)
+
+
+def make_neuron(n: int, seed: int) -> Model:
+    """The lecture's neuron ``tanh(x1*w1 + x2*w2 + b)`` with its weights, n random examples."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 2))
+    Y = rng.choice([-1.0, 1.0], size=n)
+    return Model("neuron", f"lecture neuron x{n}", [2, 1], np.array(LECTURE_NEURON), X, Y, True)
+
+
+def build_net(
+    value_cls: Any, model: Model, act: str = "tanh"
+) -> tuple[Callable[[Sequence[Any]], Any], list[Any]]:
+    """A network of `value_cls` nodes (symgrad's or micrograd's Value) at `model.params`.
+
+    Returns ``(net, leaves)``: ``net(x)`` builds the graph for one example; `leaves` are the
+    parameter Values in symgrad's order. The MLP sums bias-first like micrograd's Neuron; the
+    neuron is written as in the lecture. `act` names the Value method used as the activation.
+    """
+    flat = [float(v) for v in model.params]
+    if model.neuron:
+        w1, w2, b = (value_cls(v) for v in flat)
+
+        def neuron(x: Sequence[Any]) -> Any:
+            n = x[0] * w1 + x[1] * w2 + b
+            return getattr(n, act)()
+
+        return neuron, [w1, w2, b]
+    layers: list[list[tuple[list[Any], Any]]] = []
+    leaves: list[Any] = []
+    it = iter(flat)
+    for nin, nout in itertools.pairwise(model.sizes):
+        layer = []
+        for _ in range(nout):
+            w = [value_cls(next(it)) for _ in range(nin)]
+            b = value_cls(next(it))
+            leaves += [*w, b]
+            layer.append((w, b))
+        layers.append(layer)
+
+    def net(x: Sequence[Any]) -> Any:
+        h: list[Any] = list(x)
+        for layer in layers:
+            h = [getattr(sum((wi * xi for wi, xi in zip(w, h, strict=True)), b), act)()
+                 for w, b in layer]
+        return h[0]
+
+    return net, leaves
+
+
+def symgrad_net(model: Model) -> tuple[Callable[[Sequence[Any]], Any], list[sg.Value]]:
+    """The network as a symgrad user writes it: symgrad.nn.MLP (or the lecture's neuron)."""
+    if model.neuron:
+        w1, w2, b = (sg.Value(v, label=lab) for v, lab in zip(model.params, ("w1", "w2", "b"),
+                                                               strict=True))
+
+        def neuron(x: Sequence[Any]) -> sg.Value:
+            return (x[0] * w1 + x[1] * w2 + b).tanh()
+
+        return neuron, [w1, w2, b]
+    mlp = MLP(model.sizes[0], model.sizes[1:])
+    leaves = mlp.parameters()
+    for p, v in zip(leaves, model.params, strict=True):
+        p.data = float(v)
+    return mlp, leaves  # type: ignore[return-value]
+
+
+# ---- contenders: each setup returns the timed call -----------------------------------------------
+
+
+Call = Callable[[], tuple[float, np.ndarray]]
+
+
+def setup_symgrad(model: Model, backend: str) -> tuple[Call, dict[str, Any]]:
+    """Trace the per-example loss once and compile it; the call is one ``f.batch`` over all rows."""
+    net, leaves = symgrad_net(model)
+    xs = [sg.Value(0.0, label=f"x{i}") for i in range(model.sizes[0])]
+    y = sg.Value(0.0, label="y")
+    loss = (net(xs) - y) ** 2
+    f = sg.compile(loss, wrt=leaves, inputs=[*xs, y], backend=backend)
+    params, XY = model.params.copy(), model.XY
+
+    def call() -> tuple[float, np.ndarray]:
+        values, grad = f.batch(params, XY, reduce="sum")
+        return float(np.sum(values)), grad
+
+    return call, {"stats": f.stats}
+
+
+def setup_interp(model: Model, value_cls: Any, act: str, n_rows: int) -> Call:
+    """Rebuild the graph per example per call: forward, sum the losses, zero grads, backward."""
+    net, leaves = build_net(value_cls, model, act) if act != "tanh" else symgrad_net(model)
+    rows = model.X[:n_rows].tolist()
+    ys = model.Y[:n_rows].tolist()
+    params = [float(v) for v in model.params]
+
+    def call() -> tuple[float, np.ndarray]:
+        for p, v in zip(leaves, params, strict=True):
+            p.data = v
+            p.grad = 0.0
+        loss = sum((net(x) - y) ** 2 for x, y in zip(rows, ys, strict=True))
+        loss.backward()
+        return float(loss.data), np.array([p.grad for p in leaves], dtype=np.float64)
+
+    return call
+
+
+def numba_kernel() -> Any:
+    """A fresh dispatcher for the hand-written kernel: it compiles on its first call, so each
+    model's "compile s" includes it (the kernel is generic: one compile would serve all models).
+    """
+    import numba
+
+    @numba.njit(cache=False)
+    def mlp_loss_grad(
+        params: np.ndarray, sizes: np.ndarray, X: np.ndarray, Y: np.ndarray, grad: np.ndarray
+    ) -> float:
+        # a: activations, delta: dloss/d(pre-activation), both unit-major over all layers
+        nl = sizes.shape[0] - 1
+        total = 0
+        for layer in range(nl + 1):
+            total += sizes[layer]
+        a = np.empty(total)
+        delta = np.empty(total)
+        loss = 0.0
+        for i in range(X.shape[0]):
+            for k in range(sizes[0]):
+                a[k] = X[i, k]
+            aoff = 0
+            poff = 0
+            for layer in range(nl):
+                nin = sizes[layer]
+                nout = sizes[layer + 1]
+                ooff = aoff + nin
+                for j in range(nout):
+                    base = poff + j * (nin + 1)
+                    s = params[base + nin]  # bias first, as symgrad's Neuron sums
+                    for k in range(nin):
+                        s += params[base + k] * a[aoff + k]
+                    a[ooff + j] = np.tanh(s)
+                aoff = ooff
+                poff += nout * (nin + 1)
+            out = a[aoff]
+            diff = out - Y[i]
+            loss += diff * diff
+            delta[aoff] = 2.0 * diff * (1.0 - out * out)
+            for layer in range(nl - 1, -1, -1):
+                nin = sizes[layer]
+                nout = sizes[layer + 1]
+                ooff = aoff
+                aoff = ooff - nin
+                poff -= nout * (nin + 1)
+                if layer > 0:
+                    for k in range(nin):
+                        delta[aoff + k] = 0.0
+                for j in range(nout):
+                    base = poff + j * (nin + 1)
+                    dj = delta[ooff + j]
+                    grad[base + nin] += dj
+                    for k in range(nin):
+                        grad[base + k] += dj * a[aoff + k]
+                    if layer > 0:
+                        for k in range(nin):
+                            delta[aoff + k] += dj * params[base + k]
+                if layer > 0:
+                    for k in range(nin):
+                        delta[aoff + k] *= 1.0 - a[aoff + k] * a[aoff + k]
+        return loss
+
+    return mlp_loss_grad
+
+
+def setup_numba(model: Model) -> Call:
+    """The hand-written kernel; the call allocates the gradient and loops over all rows."""
+    kernel = numba_kernel()
+    sizes = np.array(model.sizes, dtype=np.int64)
+    params = model.params.copy()
+    X = np.ascontiguousarray(model.X)
+    Y = np.ascontiguousarray(model.Y)
+    npar = params.shape[0]
+
+    def call() -> tuple[float, np.ndarray]:
+        grad = np.zeros(npar)
+        return float(kernel(params, sizes, X, Y, grad)), grad
+
+    return call
+
+
+def setup_jax(model: Model) -> Call:
+    """``jax.jit(jax.value_and_grad(loss))`` in float64 over a flat parameter vector."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    sizes = list(model.sizes)
+
+    def loss(flat: Any, X: Any, Y: Any) -> Any:
+        h, off = X, 0
+        for nin, nout in itertools.pairwise(sizes):
+            blk = flat[off: off + nout * (nin + 1)].reshape(nout, nin + 1)
+            off += nout * (nin + 1)
+            h = jnp.tanh(h @ blk[:, :nin].T + blk[:, nin])
+        return jnp.sum((h[:, 0] - Y) ** 2)
+
+    fn = jax.jit(jax.value_and_grad(loss))
+    params = model.params.copy()
+    X, Y = np.ascontiguousarray(model.X), np.ascontiguousarray(model.Y)
+
+    def call() -> tuple[float, np.ndarray]:
+        v, g = fn(params, X, Y)
+        g.block_until_ready()
+        return v, g  # converted to numpy only when checked, not inside the timing
+
+    return call
+
+
+def have_module(name: str) -> bool:
+    """Whether `import name` works."""
+    try:
+        __import__(name)
+    except Exception:  # an optional package may fail to import in many ways
+        return False
+    return True
+
+
+# ---- measurement ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """What one contender did on one model."""
+
+    contender: str
+    label: str
+    compile_s: float | None = None
+    samples: list[float] = field(default_factory=list)  # seconds per call, one per round
+    number: int = 1  # calls per sample
+    scale: float = 1.0  # extrapolation factor (whole data set / rows timed)
+    note: str = ""
+    skipped: str = ""
+    error: str = ""
+    call: Call | None = None
+    first: tuple[float, np.ndarray] | None = None
+
+    @property
+    def per_call(self) -> float | None:
+        """Median seconds per call, extrapolated to the whole data set."""
+        return statistics.median(self.samples) * self.scale if self.samples else None
+
+
+def contenders(backends: Sequence[str]) -> list[tuple[str, str]]:
+    """``(name, label)`` of every contender: one ``symgrad:BACKEND`` per backend, the others."""
+    many = len(backends) > 1
+    sym = [(f"symgrad:{b}", f"symgrad compiled [{b}]" if many else "symgrad compiled")
+           for b in backends]
+    return [*sym, *((c, LABELS[c]) for c in OTHERS)]
+
+
+def skip_reason(skips: set[str], contender: str, model: Model) -> str:
+    """'--skip ...' when the user skipped this contender on this model, else ''.
+
+    ``symgrad`` (or ``symgrad@model``) skips every symgrad backend; ``symgrad:tape`` one.
+    """
+    base = contender.partition(":")[0]
+    for s in dict.fromkeys((contender, base, model.key, f"{contender}@{model.key}",
+                            f"{base}@{model.key}")):
+        if s in skips:
+            return f"--skip {s}"
+    return ""
+
+
+def run_model(
+    model: Model, args: argparse.Namespace, skips: set[str], rounds: int
+) -> list[Result]:
+    """Set up, verify and time every contender on `model`, interleaving the repetitions."""
+    log(f"\n== {model.title}: {n_params(model.sizes)} parameters, {model.n} examples")
+    subset = min(model.n, args.subset) if model.key == "large" else model.n
+    results: list[Result] = []
+    for name, label in contenders(args.backends):
+        res = Result(name, label)
+        results.append(res)
+        if reason := skip_reason(skips, name, model):
+            res.skipped = reason
+            continue
+        if name == "micrograd" and not have_module("micrograd"):
+            res.skipped = "micrograd not installed (pip install micrograd)"
+            continue
+        if name == "jax" and not have_module("jax"):
+            res.skipped = "jax not installed (pip install jax; optional)"
+            continue
+        backend = name.partition(":")[2]
+        if backend and model.key == "large":
+            log("   (if a backend compiles the large model line by line, Numba takes minutes; "
+                f"--skip {name}@large skips it)")
+        log(f"   setting up {label} ...")
+        t0 = time.perf_counter()
+        try:
+            if backend:
+                res.call, info = setup_symgrad(model, backend)
+                st = info["stats"]
+                lowering = st.get("lowering", backend)
+                how = backend if lowering == backend else f"{backend}: {lowering}"
+                res.note = f"{how}, {_instructions(st)} instrs"
+            elif name in ("interp", "micrograd"):
+                if name == "interp":
+                    res.call = setup_interp(model, sg.Value, "tanh", subset)
+                else:
+                    from micrograd.engine import Value as MgValue
+
+                    res.call = setup_interp(model, MgValue, "relu", subset)
+                if subset < model.n:
+                    res.scale = model.n / subset
+                    res.note = f"* {subset} of {model.n} rows, x{res.scale:g}"
+            elif name == "numba":
+                res.call = setup_numba(model)
+            else:
+                res.call = setup_jax(model)
+            res.first = res.call()
+            if backend or name in ("numba", "jax"):
+                res.compile_s = time.perf_counter() - t0
+        except Exception as e:  # a broken contender is reported, the others still run
+            res.error = f"{type(e).__name__}: {e}"
+            res.call = None
+            log(f"   {label} FAILED: {res.error}")
+            continue
+        if res.compile_s is not None:
+            log(f"   ... compiled + first call in {res.compile_s:.2f} s")
+    verify(model, results, subset)
+    timed = [r for r in results if r.call is not None]
+    for r in timed:  # calibrate: one sample lasts at least --target seconds
+        t = _time_once(r.call)  # type: ignore[arg-type]
+        r.number = max(1, min(100_000, math.ceil(args.target / max(t, 1e-9))))
+    log(f"   timing {len(timed)} contender(s), {rounds} interleaved rounds ...")
+    for k in range(rounds):
+        order = timed[k % len(timed):] + timed[: k % len(timed)] if timed else []
+        for r in order:
+            t0 = time.perf_counter()
+            for _ in range(r.number):
+                r.call()  # type: ignore[misc]
+            r.samples.append((time.perf_counter() - t0) / r.number)
+    for r in results:
+        r.call = None  # let the graphs and kernels go
+    return results
+
+
+def _time_once(call: Call) -> float:
+    t0 = time.perf_counter()
+    call()
+    return time.perf_counter() - t0
+
+
+def _instructions(stats: dict[str, Any]) -> str:
+    nodes = stats.get("nodes", {})
+    n = nodes.get("final", nodes.get("dce"))
+    return str(n) if n is not None else "?"
+
+
+def _max_rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
+
+
+def verify(model: Model, results: list[Result], subset: int) -> None:
+    """Check gradients against symgrad's (or, without symgrad, against jax's) before timing.
+
+    The hand-written kernel must match to 1e-9 or it is not timed (and the run fails); the
+    interpreted engine is compared when it ran on the whole data set; jax is compared and the
+    difference noted.
+    """
+    ref = next((r for r in results if r.first is not None and r.contender.startswith("symgrad")),
+               None)
+    jax = next(r for r in results if r.contender == "jax")
+    if ref is None and jax.first is not None:
+        ref = jax
+    several = sum(r.contender.startswith("symgrad:") for r in results) > 1
+    refname = ref.contender if ref is not None and several else "symgrad"
+    for r in results:
+        if r.first is None or r is ref or r.contender == "micrograd":
+            continue
+        if r.contender == "interp" and subset < model.n:
+            continue
+        if ref is None:
+            r.note = _join(r.note, "unverified")
+            continue
+        d = _max_rel_diff(r.first[1], ref.first[1])  # type: ignore[index]
+        dv = abs(float(r.first[0]) - float(ref.first[0])) / max(1.0, abs(float(ref.first[0])))
+        ok = d <= GRAD_TOL and dv <= GRAD_TOL
+        r.note = _join(r.note, f"grad ~ {refname} {d:.0e}" if ok else "")
+        if not ok:
+            r.error = (f"value/gradient differ from {ref.contender}'s: value {dv:.2e}, "
+                       f"gradient {d:.2e} (max relative; tolerance {GRAD_TOL:g})")
+            log(f"   {r.label}: {r.error}")
+            r.call = None
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a and b else a or b
+
+
+# ---- reporting -----------------------------------------------------------------------------------
+
+
+def fmt_time(s: float | None) -> str:
+    """Seconds with a readable unit: '812 ns', '12.3 us', '4.56 ms', '1.23 s'."""
+    if s is None:
+        return "-"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s / 1e-9:.3g} ns"
+
+
+def fmt_ratio(x: float) -> str:
+    """A ratio as '0.63x', '4.3x', '538x', '24,300x'."""
+    if x >= 1000:
+        return f"{float(f'{x:.3g}'):,.0f}x"
+    return f"{x:.2g}x" if x < 10 else f"{x:.0f}x"
+
+
+def versions() -> str:
+    """Versions of the packages that take part."""
+    out = [f"python {platform.python_version()}"]
+    for dist in ("symgrad", "numpy", "numba", "jax", "micrograd"):
+        try:
+            out.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(f"{dist} {sg.__version__} (checkout)" if dist == "symgrad" else f"{dist} -")
+    return ", ".join(out)
+
+
+def header(args: argparse.Namespace, rounds: int) -> str:
+    """Machine, date and settings."""
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    return "\n".join([
+        f"# symgrad benchmark, {now}",
+        f"# machine: {platform.platform()}, {platform.machine()}, "
+        f"os.cpu_count()={os.cpu_count()}",
+        f"# {versions()}",
+        f"# symgrad backend={','.join(args.backends)}, rounds={rounds} (median, interleaved), "
+        f"sample >= {args.target:g} s, seed={args.seed}",
+        "# symgrad cache: " + ("as configured (--warm-cache)" if args.warm_cache
+                               else "cold (a fresh temporary SYMGRAD_CACHE_DIR)"),
+    ])
+
+
+def table(rows: list[list[str]], head: list[str]) -> str:
+    """A plain-text table with left-aligned text and right-aligned numbers."""
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    right = {i for i, h in enumerate(head) if h in {"compile s", "per call", "vs symgrad"}}
+
+    def line(r: list[str]) -> str:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in
+                 enumerate(zip(r, widths, strict=True))]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def report(all_results: list[tuple[Model, list[Result]]]) -> str:
+    """The main table and the list of skipped contenders."""
+    rows: list[list[str]] = []
+    skipped: dict[tuple[str, str], list[str]] = {}  # (contender, reason) -> models
+    extrapolated = False
+    for model, results in all_results:
+        ref = next((r for r in results if r.contender.startswith("symgrad") and r.per_call),
+                   None)
+        base = ref.per_call if ref is not None else None
+        for r in results:
+            if r.skipped:
+                skipped.setdefault((r.contender, r.skipped), []).append(model.key)
+                continue
+            if r.error:
+                rows.append([model.title, r.label, "-", "FAILED", "-", r.error[:70]])
+                continue
+            pc = r.per_call
+            ratio = fmt_ratio(pc / base) if pc is not None and base else "n/a"
+            if r is ref:
+                ratio = "1 (ref)"
+            extrapolated |= r.scale != 1.0
+            comp = f"{r.compile_s:.2f}" if r.compile_s is not None else "-"
+            rows.append([model.title, r.label, comp, fmt_time(pc), ratio, r.note])
+    out = table(rows, ["model", "contender", "compile s", "per call", "vs symgrad", "note"])
+    out += ("\n\nper call: value + gradient of the summed loss over the whole data set (median)."
+            "\nvs symgrad: per-call time / symgrad's (above 1: slower than symgrad)."
+            "\ncompile s: compile plus the first call; '-' for the interpreted engines. One-off"
+            "\n  costs (a JIT done once per process) land on the first contender needing them."
+            "\nmicrograd runs the same network with relu in place of tanh (it has no tanh).")
+    if extrapolated:
+        out += ("\n* timed on a subset of the rows and extrapolated linearly to the whole data "
+                "set.")
+    if skipped:
+        out += "\n\nskipped:\n" + "\n".join(
+            f"  {c} on {', '.join(ms)}: {why}" for (c, why), ms in skipped.items())
+    return out
+
+
+# ---- compile-time scaling ------------------------------------------------------------------------
+
+
+def sizes_table(ks: list[int], backend: str, args: argparse.Namespace, skips: set[str]) -> str:
+    """Compile time and instruction counts for MLP(k, [2k, 2k, 1]) at each k.
+
+    Growth exponents compare each row with the previous one: log(t2/t1) / log(n2/n1), with n the
+    final instruction count and t either the Python-side stages (trace to codegen) or the total;
+    about 1 is linear, above 1 superlinear.
+    """
+    stages = ("trace", "autodiff", "passes", "codegen", "jit")
+    head = ["k", "params", "traced", "final", "lowering", *[f"{s} s" for s in stages],
+            "1st batch s", "total s", "exp(py)", "exp(total)"]
+    rows: list[list[str]] = []
+    prev: tuple[int, float, float] | None = None
+    for k in ks:
+        model = make_model(f"k{k}", k, [2 * k, 2 * k, 1], 100, args.seed)
+        if reason := skip_reason(skips, f"symgrad:{backend}", model):
+            rows.append([str(k), str(n_params(model.sizes)), "skipped", reason])
+            continue
+        log(f"   compiling MLP({k},[{2 * k},{2 * k},1]) with backend={backend} ...")
+        try:
+            t0 = time.perf_counter()
+            call, info = setup_symgrad(model, backend)
+            t_compile = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            call()
+            t_first = time.perf_counter() - t1
+        except Exception as e:
+            rows.append([str(k), str(n_params(model.sizes)), "FAILED", f"{type(e).__name__}: {e}"])
+            continue
+        st = info["stats"]
+        nodes, secs = st.get("nodes", {}), st.get("seconds", {})
+        final = int(nodes.get("final", 0))
+        total = t_compile + t_first
+        py = sum(secs.get(s, 0.0) for s in stages[:-1])
+        exps = ["-", "-"]
+        if prev is not None and final > prev[0] > 0:
+            exps = [f"{math.log(a / b) / math.log(final / prev[0]):.2f}" if a > 0 and b > 0
+                    else "-" for a, b in ((py, prev[1]), (total, prev[2]))]
+        prev = (final, py, total)
+        rows.append([
+            str(k), str(n_params(model.sizes)), str(nodes.get("trace", "?")), str(final),
+            str(st.get("lowering", "-")),
+            *[f"{secs[s]:.3f}" if s in secs else "-" for s in stages],
+            f"{t_first:.3f}", f"{total:.2f}", *exps,
+        ])
+        log(f"   ... {final} instructions, {total:.2f} s")
+    return (table(rows, head) + "\n\ntraced/final: IR instructions after tracing / after "
+            "autodiff and the passes (f.stats['nodes']).\nstage seconds: f.stats['seconds']; "
+            "total = sg.compile + the first f.batch call.\nexp(py), exp(total): growth exponent "
+            "of trace..codegen seconds / of the total against the previous row (1 = linear).")
+
+
+# ---- main ----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="small models only, few rounds (about a minute)")
+    p.add_argument("--backend", default="numba",
+                   help="symgrad backend, or a comma list to compare several in the same "
+                        "interleaved run (the first is the reference); default: numba")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds per model (default 7, --quick 3)")
+    p.add_argument("--target", type=float, default=None,
+                   help="seconds a sample lasts at least (default 0.2, --quick 0.05)")
+    p.add_argument("--subset", type=int, default=10,
+                   help="rows the interpreted engines run on the large model (default 10)")
+    p.add_argument("--skip", action="append", default=[], metavar="WHAT",
+                   help="contender, model or contender@model to skip (repeatable, comma list)")
+    p.add_argument("--sizes", nargs="?", const="2,4,8,12", default=None, metavar="K,K,...",
+                   help="only the compile-time scaling table for MLP(k,[2k,2k,1]) "
+                        "(default k = 2,4,8,12)")
+    p.add_argument("--warm-cache", action="store_true",
+                   help="use symgrad's persistent cache as configured (default: a fresh empty "
+                        "cache directory, so compile times are cold)")
+    p.add_argument("--seed", type=int, default=1337)
+    args = p.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 7
+    if args.target is None:
+        args.target = 0.05 if args.quick else 0.2
+    args.backends = list(dict.fromkeys(b.strip() for b in args.backend.split(",") if b.strip()))
+    if not args.backends:
+        p.error("--backend: name at least one backend")
+    if args.rounds < 1 or args.subset < 1:
+        p.error("--rounds and --subset must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print the tables; 1 if a contender failed."""
+    args = parse_args(argv)
+    skips = {s.strip() for item in args.skip for s in item.split(",") if s.strip()}
+    names = list(dict.fromkeys([*CONTENDERS, *(c for c, _ in contenders(args.backends))]))
+    for s in sorted(skips):
+        c, _, m = s.partition("@")
+        if c not in [*names, *MODELS] or (m and (m not in MODELS or c in MODELS)):
+            print(f"bench.py: unknown --skip {s!r}; use a contender ({', '.join(names)}), "
+                  f"a model ({', '.join(MODELS)}) or contender@model", file=sys.stderr)
+            return 2
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))  # micrograd's recursive topo sort
+    tmp_cache = None
+    if not args.warm_cache:  # compile times from a cold persistent cache, not a previous run's
+        tmp_cache = tempfile.mkdtemp(prefix="symgrad-bench-cache-")
+        os.environ["SYMGRAD_CACHE_DIR"] = tmp_cache
+    try:
+        return _run(args, skips)
+    finally:
+        if tmp_cache is not None:
+            shutil.rmtree(tmp_cache, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, skips: set[str]) -> int:
+    if args.sizes is not None:
+        try:
+            ks = [int(k) for k in args.sizes.split(",")]
+        except ValueError:
+            print(f"bench.py: --sizes expects integers like 2,4,8,12, got {args.sizes!r}",
+                  file=sys.stderr)
+            return 2
+        print(header(args, args.rounds))
+        failed = False
+        for backend in args.backends:
+            print(f"\ncompile-time scaling, MLP(k,[2k,2k,1]), backend={backend}\n")
+            text = sizes_table(ks, backend, args, skips)
+            failed |= "FAILED" in text
+            print(text, flush=True)
+        return 1 if failed else 0
+    models = [make_neuron(100, args.seed), make_model("small", 2, [16, 16, 1], 100, args.seed)]
+    if not args.quick:
+        models.append(make_model("large", 16, [64, 64, 1], 1000, args.seed))
+    all_results = [(m, run_model(m, args, skips, args.rounds)) for m in models]
+    print(header(args, args.rounds))
+    print()
+    print(report(all_results), flush=True)
+    failed = any(r.error for _, rs in all_results for r in rs)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
