@@ -7,8 +7,10 @@ argument, never a Numba typing error.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,6 +54,27 @@ def compile(
     """
     if backend not in codegen.BACKENDS:
         raise ValueError(f"backend must be one of {codegen.BACKENDS}, got {backend!r}")
+    with _gc_paused():
+        return _compile(outputs, wrt, inputs, backend, optimize, name)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: compiling allocates many small objects and no
+    cycles, and collections triggered by the allocations made the passes superlinear."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _compile(
+    outputs: Value | Iterable[Value], wrt: Sequence[Value] | None, inputs: Sequence[Value],
+    backend: str, optimize: bool, name: str | None,
+) -> Compiled:
     outs = as_outputs(outputs)
     inputs = _leaf_list(inputs, "inputs")
     if wrt is None:

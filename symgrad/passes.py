@@ -81,16 +81,22 @@ PASSES: dict[str, Callable[[Func], Func]] = {
 def optimize(func: Func, max_rounds: int = 4) -> tuple[Func, list[tuple[str, int, float]]]:
     """Run fold, simplify, CSE and DCE until the instruction count stops falling.
 
+    The first round runs each pass on its own, so the log shows what each one removed; later
+    rounds replay once with all three features on (the same rewrites, a third of the work).
+
     Returns:
         the optimised function and a log of ``(pass name, instructions after, seconds)``.
     """
     log: list[tuple[str, int, float]] = []
-    for _ in range(max_rounds):
+    for name, p in PASSES.items():
+        t = time.perf_counter()
+        func = p(func)
+        log.append((name, len(func.body), time.perf_counter() - t))
+    for _ in range(max_rounds - 1):
         before = len(func.body)
-        for name, p in PASSES.items():
-            t = time.perf_counter()
-            func = p(func)
-            log.append((name, len(func.body), time.perf_counter() - t))
+        t = time.perf_counter()
+        func = dce(replay(func, fold=True, cse=True, rewrite=True))
+        log.append(("all", len(func.body), time.perf_counter() - t))
         if len(func.body) >= before:
             break
     return func, log
