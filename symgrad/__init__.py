@@ -6,10 +6,10 @@ The public API (see README): `Value`, `compile`, `Compiled`, `jvp`, `hvp`, `hess
 
 from .compiled import Compiled, compile
 from .engine import Value
-from .viz import draw_dot
 from .higher import hessian, hvp, jvp
 from .ops import COS, EXP, LOG, OPS, RELU, SIGMOID, SIN, TANH
 from .symbolic import CheckResult, GradientMismatch, check, to_sympy
+from .viz import draw_dot
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "check",
     "compile",
     "cos",
+    "draw_dot",
     "exp",
     "hessian",
     "hvp",

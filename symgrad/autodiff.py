@@ -61,7 +61,7 @@ def _backward_sweep(
     if not isinstance(res, Var):
         return adj  # a constant output: every gradient is zero
     adj[res] = b.handle(1.0)
-    for ins in reversed(func.body):
+    for ins in reversed(_own_order(func, res)):
         ct = adj.pop(ins.out, None)
         if ct is None:
             continue
@@ -77,6 +77,32 @@ def _backward_sweep(
             adj[a] = c if prev is None else prev + c
         b.origin = None
     return adj
+
+
+def _own_order(func: Func, res: Var) -> list[Instr]:
+    """The instructions `res` depends on, in the order ``res.backward()`` would visit them.
+
+    That is a depth-first post-order from `res` alone, operands left to right. With several
+    outputs the body's order is the joint one, and summing a reused value's cotangents in
+    another order rounds differently, so each output's sweep follows its own order.
+    """
+    defs = {ins.out: ins for ins in func.body}
+    order: list[Instr] = []
+    if res not in defs:
+        return order
+    seen = {res}
+    stack = [(defs[res], iter(defs[res].args))]
+    while stack:
+        ins, it = stack[-1]
+        for a in it:
+            if isinstance(a, Var) and a in defs and a not in seen:
+                seen.add(a)
+                stack.append((defs[a], iter(defs[a].args)))
+                break
+        else:
+            stack.pop()
+            order.append(ins)
+    return order
 
 
 def name_gradients(func: Func, n_out: int, n_wrt: int) -> Func:

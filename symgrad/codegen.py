@@ -171,6 +171,37 @@ def module_source(header: str, kernels: list[tuple[Func, str, Layout]]) -> str:
     return out + "\n\n".join(chunks)
 
 
+class _IEEENumpy:
+    """``np`` for plain-Python runs of generated code: the op table's own rules for the
+    functions templates call (``np.tanh`` is ``OPS["tanh"].impl``), numpy for the rest.
+
+    numpy's scalar tanh, exp and log may differ from libm (what the interpreted engine and
+    Numba use) in the last bit, and ``1 - tanh(x)**2`` turns one bit into many; with the rules
+    themselves the Python backend computes the engine's numbers exactly. Results are numpy
+    floats, so later arithmetic keeps IEEE semantics (``x / 0.0`` is inf, not an exception).
+    """
+
+    def __init__(self) -> None:
+        for name, op in OPS.items():
+            if op.arity == 1 and not op.params and f"np.{name}(" in " ".join(
+                o.py for o in OPS.values()
+            ):
+                setattr(self, name, _as_np(op.impl))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+
+def _as_np(impl: Callable[[float], float]) -> Callable[[Any], np.float64]:
+    def f(x: Any) -> np.float64:
+        return np.float64(impl(float(x)))
+
+    f.__name__ = impl.__name__
+    return f
+
+
+IEEE_NUMPY = _IEEENumpy()
+
 _counter = itertools.count()
 _lock = threading.Lock()
 
@@ -229,8 +260,12 @@ class Module:
                 self._ns = exec_source(source, name, {"prange": numba.prange})
         else:
             self._ns = exec_source(source, name)
-        self._compiled: dict[str, Callable[..., None]] = {}
-        self._lock = threading.RLock()  # reentrant: a batch loop first builds its kernel
+            self._ns["np"] = IEEE_NUMPY  # after the source's own `import numpy as np`
+        # a cached module is shared by every Module with the same source (sys.modules), so
+        # its jitted functions and their lock live in its namespace: compiled once a process
+        self._compiled: dict[str, Callable[..., None]] = self._ns.setdefault("__jitted__", {})
+        # reentrant: a batch loop first builds its kernel
+        self._lock: threading.RLock = self._ns.setdefault("__jit_lock__", threading.RLock())
 
     def get(
         self, kernel: str, batch: str | None = None, parallel: bool = False
@@ -257,6 +292,7 @@ class Module:
 
     def _build(self, kernel: str, batch: str | None, parallel: bool) -> Callable[..., None]:
         py = self._ns[kernel if batch is None else f"{kernel}_{batch}"]
+        py = getattr(py, "py_func", py)  # the kernel's global may already be its dispatcher
         if self.backend == "python":
             return py  # type: ignore[no-any-return]
 

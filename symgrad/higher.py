@@ -20,7 +20,7 @@ from .autodiff import jvp as jvp_transform
 from .autodiff import rehint, value_and_grad, value_grad_and_hessian
 from .compiled import Program, _func_name, _leaf_list, _stage
 from .engine import Value, topological_order
-from .ir import RESERVED, Func, sanitize, verify
+from .ir import RESERVED, Func, Var, sanitize, verify
 from .passes import dce
 from .passes import optimize as run_passes
 from .trace import Traced, as_outputs, trace
@@ -172,7 +172,9 @@ def _free(func: Func, arrays: Iterable[str]) -> Func:
     clash = {a for a in arrays if a not in RESERVED}  # reserved names are never given out
     vs = list(func.args) + [i.out for i in func.body]
     hints = {v: f"{v.hint}_var" for v in vs if v.hint and sanitize(v.hint) in clash}
-    return rehint(func, hints)
+    out = rehint(func, hints)
+    args = tuple(Var(a.id, hints[a]) if a in hints else a for a in out.args)
+    return Func(out.name, args, out.body, out.results)
 
 
 def _program_args(

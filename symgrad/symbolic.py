@@ -218,9 +218,16 @@ def _check_hessian(
     syms = leaf_symbols(outs, leaves)
     expr = _expressions(outs, syms)[id(outs[0])]
     wsyms = [syms[id(w)] for w in wrt_l]
-    grad_expr = [sp.diff(expr, s) for s in wsyms]
-    hess_expr = sp.hessian(expr, wsyms).tolist() if P else []
-    lam = sp.lambdify([syms[id(v)] for v in leaves], [grad_expr, *hess_expr], modules="mpmath")
+    zoo = sp.Symbol("_zoo")  # stands for sympy's zoo, which lambdify cannot print; passed nan
+    grad_expr = [_printable(sp, sp.diff(expr, s), zoo) for s in wsyms]
+    hess_expr = [[_printable(sp, e, zoo) for e in row] for row in sp.hessian(expr, wsyms).tolist()]
+    lam_z = sp.lambdify([*(syms[id(v)] for v in leaves), zoo], [grad_expr, *hess_expr],
+                        modules="mpmath")
+
+    def lam(*xs: Any) -> Any:
+        import mpmath
+
+        return lam_z(*xs, mpmath.nan)
     names_ = _leaf_names(leaves, syms)
 
     rng = random.Random(seed)
@@ -261,6 +268,14 @@ def _check_hessian(
                         names_, j, k, h, c, d, steps[j], g, g_sym, point, bad, rtol, atol
                     ))
     return result
+
+
+def _printable(sp: Any, e: Any, zoo: Any) -> Any:
+    """`e` as mpmath can evaluate it: DiracDelta (from sqrt(x**2) = |x|) is 0 off its kink, and
+    zoo (log or 1/x of relu's 0 branch) becomes the Symbol `zoo`. Both sit at kinks or in
+    Piecewise branches that the sample points do not reach.
+    """
+    return e.replace(sp.DiracDelta, lambda *a: sp.S.Zero).xreplace({sp.zoo: zoo})
 
 
 def _rel(a: float, b: float) -> float:

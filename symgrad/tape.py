@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import cache
-from .codegen import Layout, exec_source, jit_compile
+from .codegen import IEEE_NUMPY, Layout, exec_source, jit_compile
 from .ir import Atom, Const, Func, Var
 from .ops import OPS
 
@@ -493,6 +493,8 @@ def interpreter(backend: str, parallel: bool = False) -> Callable[..., None]:
                 extra = {"prange": numba.prange}
                 mod = cache.load_module(src, "tape_interpreter", extra)
             ns = mod.__dict__ if mod is not None else exec_source(src, "tape", extra)
+            if backend != "numba":
+                ns["np"] = IEEE_NUMPY  # after the source's own `import numpy as np`
             _namespaces[backend] = (ns, mod is not None)
         ns, cached = _namespaces[backend]
         fn = ns["run_batch"]
