@@ -129,7 +129,8 @@ def rehint(func: Func, hints: dict[Var, str]) -> Func:
         return Var(a.id, hints[a]) if isinstance(a, Var) and a in hints else a
 
     body = tuple(
-        Instr(h(i.out), i.op, tuple(h(a) for a in i.args), i.params, i.origin) for i in func.body
+        Instr(h(i.out), i.op, tuple(h(a) for a in i.args), i.params, i.origin, i.note)
+        for i in func.body
     )
     return Func(func.name, func.args, body, tuple(h(r) for r in func.results))
 
@@ -215,8 +216,10 @@ def _replay(b: Builder, func: Func, env: dict[Var, Atom]) -> Callable[[Atom], At
             sub_var(o.out), o.op, tuple(sub_var(a) if isinstance(a, Var) else a for a in o.args),
             o.params,
         )
+        b.note = ins.note
         env[ins.out] = b.emit(ins.op, [sub(a) for a in ins.args], ins.params, hint=ins.out.hint)
     b.origin = None
+    b.note = "grad"
     return sub
 
 
@@ -230,12 +233,14 @@ def _forward_sweep(
         if not live:
             continue
         b.origin = Instr(sub(ins.out), ins.op, tuple(sub(a) for a in ins.args), ins.params)
+        b.note = "tangent"
         total: Atom | None = None
         for i, t in live:
             term = _vjp_term(b, ins, i, t, sub)
             if term is not None:
                 total = term if total is None else b.emit("add", [total, term])
         b.origin = None
+        b.note = "grad"
         if total is not None:
             tan[ins.out] = total
     return tan

@@ -90,12 +90,15 @@ def kernel_source(func: Func, name: str, layout: Layout) -> str:
     section = ""
     last_note = ""
     for ins in func.body:
-        want = "# backward" if ins.origin is not None else "# forward"
+        if ins.origin is None:
+            want = "# forward"
+        else:
+            want = "# backward" if ins.note == "grad" else f"# {ins.note}s"
         if want != section:
             lines.append(f"    {want}")
             section = want
         if ins.origin is not None:
-            note = f"# grad of {instr_text(ins.origin, nm)}"
+            note = f"# {ins.note} of {instr_text(ins.origin, nm)}"
             if note != last_note:
                 lines.append(f"    {note}")
                 last_note = note

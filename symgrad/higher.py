@@ -17,10 +17,10 @@ import numpy as np
 
 from . import codegen
 from .autodiff import jvp as jvp_transform
-from .autodiff import rehint, value_and_grad, value_grad_and_hessian
+from .autodiff import value_and_grad, value_grad_and_hessian
 from .compiled import Program, _func_name, _leaf_list, _stage
 from .engine import Value, topological_order
-from .ir import RESERVED, Func, Var, sanitize, verify
+from .ir import Func, verify
 from .passes import dce
 from .passes import optimize as run_passes
 from .trace import Traced, as_outputs, trace
@@ -167,16 +167,6 @@ def _finish(func: Func, stats: dict[str, Any], optimize: bool) -> Func:
     return verify(func)
 
 
-def _free(func: Func, arrays: Iterable[str]) -> Func:
-    """Rename Vars whose printed name would shadow one of the kernel's array parameters."""
-    clash = {a for a in arrays if a not in RESERVED}  # reserved names are never given out
-    vs = list(func.args) + [i.out for i in func.body]
-    hints = {v: f"{v.hint}_var" for v in vs if v.hint and sanitize(v.hint) in clash}
-    out = rehint(func, hints)
-    args = tuple(Var(a.id, hints[a]) if a in hints else a for a in out.args)
-    return Func(out.name, args, out.body, out.results)
-
-
 def _program_args(
     obj: Program, params: Any, direction: Any, inputs: Any, what: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -201,7 +191,7 @@ class Jvp(Program):
             (("out", (n_out,)), ("out_dot", (n_out,))),
             per_row=frozenset({"inputs"}),
         )
-        self.ir = _free(func, layout.arrays())
+        self.ir = func
         self._kernel = f"{traced.func.name}_jvp"
         super().__init__(traced, [(self.ir, self._kernel, layout)], backend, stats, t0)
 
@@ -241,7 +231,7 @@ class Hvp(Program):
             (("grad", (P,)), ("grad_dot", (P,))),
             per_row=frozenset({"inputs"}),
         )
-        self.ir = _free(func, layout.arrays())
+        self.ir = func
         self._kernel = f"{traced.func.name}_hvp"
         super().__init__(traced, [(self.ir, self._kernel, layout)], backend, stats, t0)
 
@@ -275,7 +265,7 @@ class Hessian(Program):
             (("out", (1,)), ("grad", (P,)), ("hess", (P, P))),
             accumulate=frozenset({"grad", "hess"}), per_row=frozenset({"inputs"}),
         )
-        self.ir = _free(func, layout.arrays())
+        self.ir = func
         self._kernel = f"{traced.func.name}_hessian"
         super().__init__(traced, [(self.ir, self._kernel, layout)], backend, stats, t0)
 

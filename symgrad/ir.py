@@ -63,13 +63,18 @@ Atom = Var | Const
 
 @dataclass(frozen=True)
 class Instr:
-    """``out = op(*args; params)``. `origin` is the forward instruction a derivative came from."""
+    """``out = op(*args; params)``.
+
+    `origin` is the forward instruction a derivative line came from and `note` what kind of
+    derivative ("grad" in reverse mode, "tangent" in forward mode): printing data only.
+    """
 
     out: Var
     op: str
     args: tuple[Atom, ...]
     params: tuple[float, ...] = ()
     origin: Instr | None = field(default=None, compare=False)
+    note: str = field(default="grad", compare=False)
 
     @property
     def opdef(self) -> OpDef:
@@ -119,6 +124,7 @@ class Builder:
         self._memo: dict[tuple[Any, ...], Var] = {}
         self._next = 0
         self.origin: Instr | None = None  # stamped on every emitted instruction
+        self.note = "grad"  # ... with this
 
     def _var(self, hint: str = "") -> Var:
         self._next += 1
@@ -160,7 +166,7 @@ class Builder:
             if hit is not None:
                 return hit
         out = self._var(hint)
-        ins = Instr(out, name, atoms, ps, self.origin)
+        ins = Instr(out, name, atoms, ps, self.origin, self.note)
         self.body.append(ins)
         self.defs[out] = ins
         if self.cse:
@@ -317,7 +323,11 @@ def first_nonfinite(func: Func, args: Sequence[float]) -> tuple[int, Instr, floa
 # ---- names and printing --------------------------------------------------------------------------
 
 # names generated code relies on; a label that sanitises to one of these gets a suffix
-RESERVED = frozenset({"np", "math", "params", "inputs", "out", "grad", "X", "i"}) | frozenset(
+# (a kernel's globals and its array parameters: its locals are named from labels)
+RESERVED = frozenset({
+    "np", "math", "prange", "params", "inputs", "out", "grad", "params_dot", "out_dot",
+    "grad_dot", "hess",
+}) | frozenset(
     dir(builtins)
 )
 
@@ -388,7 +398,7 @@ def to_text(func: Func) -> str:
     for ins in func.body:
         line = "  " + instr_text(ins, nm)
         if ins.origin is not None:
-            line = f"{line:<34}  # grad of {instr_text(ins.origin, nm)}"
+            line = f"{line:<34}  # {ins.note} of {instr_text(ins.origin, nm)}"
         lines.append(line)
     lines.append("  return " + ", ".join(atom_text(r, nm) for r in func.results))
     return "\n".join(lines)

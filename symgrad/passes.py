@@ -39,6 +39,7 @@ def replay(func: Func, *, fold: bool = False, cse: bool = False, rewrite: bool =
             )
         else:
             b.origin = None
+        b.note = ins.note
         env[ins.out] = b.emit(ins.op, [sub(a) for a in ins.args], ins.params, hint=ins.out.hint)
     return b.build(func.name, [sub(r) for r in func.results])
 

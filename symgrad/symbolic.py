@@ -160,7 +160,7 @@ def check(
     wsyms = [syms[id(w)] for w in wrt_l]
     lsyms = [syms[id(v)] for v in leaves]
     grads = [[sp.diff(exprs[id(o)], s) for s in wsyms] for o in outs]
-    lam = sp.lambdify(lsyms, grads, modules="mpmath")
+    lam = _lambdify(sp, lsyms, grads)
     names_ = _leaf_names(leaves, syms)
 
     rng = random.Random(seed)
@@ -218,16 +218,9 @@ def _check_hessian(
     syms = leaf_symbols(outs, leaves)
     expr = _expressions(outs, syms)[id(outs[0])]
     wsyms = [syms[id(w)] for w in wrt_l]
-    zoo = sp.Symbol("_zoo")  # stands for sympy's zoo, which lambdify cannot print; passed nan
-    grad_expr = [_printable(sp, sp.diff(expr, s), zoo) for s in wsyms]
-    hess_expr = [[_printable(sp, e, zoo) for e in row] for row in sp.hessian(expr, wsyms).tolist()]
-    lam_z = sp.lambdify([*(syms[id(v)] for v in leaves), zoo], [grad_expr, *hess_expr],
-                        modules="mpmath")
-
-    def lam(*xs: Any) -> Any:
-        import mpmath
-
-        return lam_z(*xs, mpmath.nan)
+    grad_expr = [sp.diff(expr, s) for s in wsyms]
+    hess_expr = sp.hessian(expr, wsyms).tolist()
+    lam = _lambdify(sp, [syms[id(v)] for v in leaves], [grad_expr, *hess_expr])
     names_ = _leaf_names(leaves, syms)
 
     rng = random.Random(seed)
@@ -268,6 +261,23 @@ def _check_hessian(
                         names_, j, k, h, c, d, steps[j], g, g_sym, point, bad, rtol, atol
                     ))
     return result
+
+
+def _lambdify(sp: Any, args: list[Any], exprs: Any) -> Any:
+    """``sympy.lambdify`` to mpmath of nested lists of expressions, made printable first."""
+    import mpmath
+
+    zoo = sp.Symbol("_zoo")  # stands for sympy's zoo, which lambdify cannot print; passed nan
+
+    def printable(e: Any) -> Any:
+        return [printable(x) for x in e] if isinstance(e, list) else _printable(sp, e, zoo)
+
+    lam_z = sp.lambdify([*args, zoo], printable(exprs), modules="mpmath")
+
+    def lam(*xs: Any) -> Any:
+        return lam_z(*xs, mpmath.nan)
+
+    return lam
 
 
 def _printable(sp: Any, e: Any, zoo: Any) -> Any:

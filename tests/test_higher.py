@@ -156,9 +156,9 @@ def test_jvp_ir_text_for_a_product() -> None:
     assert str(verify(f)) == "\n".join([
         "f_jvp(x, y, x_dot, y_dot):",
         "  z = mul(x, y)",
-        "  v0 = mul(y, x_dot)                # grad of z = mul(x, y)",
-        "  v1 = mul(x, y_dot)                # grad of z = mul(x, y)",
-        "  z_dot = add(v0, v1)               # grad of z = mul(x, y)",
+        "  v0 = mul(y, x_dot)                # tangent of z = mul(x, y)",
+        "  v1 = mul(x, y_dot)                # tangent of z = mul(x, y)",
+        "  z_dot = add(v0, v1)               # tangent of z = mul(x, y)",
         "  return z, z_dot",
     ])
     assert evaluate(f, [3.0, -2.0, 0.5, 4.0]) == [-6.0, -2.0 * 0.5 + 3.0 * 4.0]
@@ -177,10 +177,10 @@ def test_jvp_keeps_zero_tangents_symbolic() -> None:
         "  v2 = mul(w, x)",
         "  v3 = tanh(v2)",
         "  v4 = add(v1, v3)",
-        "  v5 = mul(x, w_dot)                # grad of v2 = mul(w, x)",
-        "  v6 = mul(v3, v3)                  # grad of v3 = tanh(v2)",
-        "  v7 = sub(1.0, v6)                 # grad of v3 = tanh(v2)",
-        "  v8 = mul(v7, v5)                  # grad of v3 = tanh(v2)",
+        "  v5 = mul(x, w_dot)                # tangent of v2 = mul(w, x)",
+        "  v6 = mul(v3, v3)                  # tangent of v3 = tanh(v2)",
+        "  v7 = sub(1.0, v6)                 # tangent of v3 = tanh(v2)",
+        "  v8 = mul(v7, v5)                  # tangent of v3 = tanh(v2)",
         "  return v4, v8",
     ])
     # the tangents of a program with no parameters are literal zeros
@@ -556,7 +556,7 @@ def test_programs_have_ir_source_stats_and_safe_names() -> None:
     h_, pd = Value(0.5, label="hess"), Value(2.0, label="params_dot")
     f = (h_ * pd).tanh() * h_
     H = sg.hessian(f, backend="python")
-    assert "hess_var = params[0]" in H.source
+    assert "hess_ = params[0]" in H.source and "params_dot_ = params[1]" in H.source
     assert H.wrt_names == ["hess", "params_dot"]
     assert H.stats["nodes"]["final"] == len(H.ir.body)
     assert {"trace", "hessian", "fold", "final"} <= set(H.stats["nodes"])
@@ -564,7 +564,7 @@ def test_programs_have_ir_source_stats_and_safe_names() -> None:
     _, hv = sg.hvp(f, backend="python")(None, [1.0, 0.0])
     np.testing.assert_allclose(hv, H()[2][0], rtol=1e-15)
     j = sg.jvp(f, backend="python")
-    assert "params_dot_var = params[1]" in j.source
+    assert "params_dot_ = params[1]" in j.source
     assert "params_dot_dot = params_dot[1]" in j.source
     assert j(None, [0.0, 1.0])[1] == pytest.approx(H()[1][1], rel=1e-15)
     with pytest.raises(ValueError, match="backend must be one of"):

@@ -188,12 +188,6 @@ def test_gradient_mismatch_is_an_assertion_error() -> None:
 # ---- sympy expressions check cannot print --------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, raises=KeyError,
-    reason="check(order=1) lambdifies sympy's gradient as is; d/dx log(relu(x)) holds zoo in "
-    "relu's x <= 0 branch, which sympy's mpmath printer cannot print (KeyError "
-    "'ComplexInfinity'); the order=2 path replaces zoo first (_printable)",
-)
 def test_check_handles_zoo_in_an_untaken_branch() -> None:
     x = sg.Value(2.0, label="x")
     sg.check(x.relu().log(), wrt=[x], backend="python")
