@@ -66,7 +66,13 @@ def test_lecture_script_prints_the_notebook_numbers(tmp_path: Path) -> None:
         assert _number(out, rf"{name}\.grad =") == grad
     assert _number(out, r"finite differences agree with backward\(\) to") < 1e-6
     assert _number(out, r"final loss =") < 0.05
-    assert len(re.findall(r"step\s+\d+: loss =", out)) == 10
+    # 10 progress lines from the interpreted loop, 10 from the compiled one
+    assert len(re.findall(r"step\s+\d+: loss =", out)) == 20
+    compiled = out[out.index("== compiled: the neuron =="):]
+    assert "o = tanh(n)" in compiled and "w1_bar = mul(x1, b_bar)" in compiled
+    assert "compiled: o = 0.7071, (w1, w2, b).grad = [1.0, 0.0, 0.5]" in compiled
+    assert "sympy agrees at" in compiled
+    assert _number(out, r"same parameters: max difference") < 1e-8
     if shutil.which("dot"):
         assert (tmp_path / "d.svg").exists() and (tmp_path / "o.svg").exists()
     else:

@@ -1,0 +1,786 @@
+"""A NumPy executor for a `Tape`: whole batches at once, a dense layer as one matrix product.
+
+Imports `ops`, `codegen` and `tape`. The Numba interpreter (`tape.run`) walks the tape one
+instruction at a time over blocks of 32 examples; its cost is per instruction and per block.
+This executor makes ONE NumPy call per run of the tape over many examples at a time (up to
+`CHUNK` columns of a workspace ``work[row, example]``), which is what pays on wide models:
+
+1. elementwise runs gather their operand rows, apply the op's vectorised form (`vector_op`,
+   derived from the op table's template) and write the output rows;
+2. a run of fused sums of products (`tape.DOT`) is split into groups of steps whose per-example
+   factors are the same rows (a dense layer: ``out[i] = sum_j W[i, j] * x[j]``); each group is
+   one matrix product ``W @ work[x rows]`` with W gathered from the parameters; terms that fit
+   no group (a bias, products of two per-example values, irregular steps) are added by gathers;
+3. gradients that are products summed over the examples (``Tape.result_b``) are grouped into
+   blocks whose factor rows form a complete bipartite grid (every B row paired with every A
+   row); each block is one product ``work[B] @ work[A].T`` over the chunk's examples.
+
+Parameters and literals are never broadcast over examples: they live in a vector ``u`` indexed
+by tape slot, and only the per-example values get workspace rows. Rows are given out again here
+(first fit, contiguous per run), so most gathers and writes are slices (views), not copies.
+
+Numerics: the ops are the same IEEE operations, but sums may be reordered (a matrix product adds
+its terms in its own order, gradients are summed per chunk and then over chunks), so results are
+NOT bit-identical to the interpreted engine or the Numba tape: they agree to about 1e-12
+relative on well-conditioned models. nan and inf propagate as there (a product never adds a term
+the tape does not have, so no ``0 * inf`` appears that the tape lacks), except that a sum that
+overflows only part way may overflow in one order and not the other; signed zeros of sums may
+differ (a product's sum starts at +0.0). numpy's SIMD tanh, exp, sin, ... may also differ from
+libm by an ulp. This is an explicit opt-in backend for that reason.
+"""
+
+from __future__ import annotations
+
+import ast
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .codegen import Layout
+from .ops import OPS, OpDef
+from .tape import DOT, OPCODES, Tape
+
+__all__ = ["CHUNK", "MEMORY", "Plan", "VectorOp", "plan", "run", "run_layout", "vector_op"]
+
+CHUNK = 4096  # most examples per pass over the tape
+MIN_CHUNK = 64  # fewest examples per pass, whatever the memory estimate says
+MEMORY = 64 << 20  # bytes of workspace and temporaries one pass aims to stay under
+MAX_MATMULS = 16  # matrix products per DOT run; smaller groups go to the pooled gather path
+
+Index = slice | np.ndarray
+
+
+# ---- vectorised forms of the op table --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VectorOp:
+    """An op's template rewritten for arrays.
+
+    Attributes:
+        name: the op.
+        source: the vectorised expression over operands ``x0``, ``x1`` and the op's parameters
+            (each a ``(k, 1)`` column in a run: one value per instruction).
+        fn: ``fn(x0, [x1,] *params) -> array``.
+        ufunc: when the expression is a single ufunc of the arguments (``np.tanh(x0)``,
+            ``x0 + x1``, ``x0 ** p``), that ufunc, so runs can write in place with ``out=``.
+        ufunc_args: positions in fn's arguments of the ufunc's operands, in order.
+    """
+
+    name: str
+    source: str
+    fn: Callable[..., np.ndarray]
+    ufunc: np.ufunc | None
+    ufunc_args: tuple[int, ...]
+
+
+class _Vectorise(ast.NodeTransformer):
+    """Rewrite the scalar-only constructs of a template for arrays, in this one place.
+
+    ``a if c else b`` (relu's and step's templates) becomes ``np.where(c, a, b)``; ``and``,
+    ``or`` and ``not`` become numpy's logical ufuncs. Everything else in a template (numpy
+    ufuncs, arithmetic operators, numpy scalars) already broadcasts over arrays.
+    """
+
+    @staticmethod
+    def _np(name: str, args: list[ast.expr]) -> ast.Call:
+        return ast.Call(ast.Attribute(ast.Name("np", ast.Load()), name, ast.Load()), args, [])
+
+    def visit_IfExp(self, node: ast.IfExp) -> ast.AST:
+        self.generic_visit(node)
+        return self._np("where", [node.test, node.body, node.orelse])
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
+        self.generic_visit(node)
+        name = "logical_and" if isinstance(node.op, ast.And) else "logical_or"
+        out = node.values[0]
+        for v in node.values[1:]:
+            out = self._np(name, [out, v])
+        return out
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Not):
+            return self._np("logical_not", [node.operand])
+        return node
+
+
+_BINOPS: dict[type, np.ufunc] = {
+    ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.true_divide,
+    ast.Pow: np.power,
+}
+
+
+def _single_ufunc(tree: ast.expr, names: list[str]) -> tuple[np.ufunc | None, tuple[int, ...]]:
+    """``(ufunc, argument positions)`` if `tree` is one ufunc applied to bare arguments."""
+
+    def arg(e: ast.expr) -> int | None:
+        return names.index(e.id) if isinstance(e, ast.Name) and e.id in names else None
+
+    if isinstance(tree, ast.BinOp) and type(tree.op) in _BINOPS:
+        ufunc, operands = _BINOPS[type(tree.op)], [tree.left, tree.right]
+    elif isinstance(tree, ast.UnaryOp) and isinstance(tree.op, ast.USub):
+        ufunc, operands = np.negative, [tree.operand]
+    elif (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Attribute)
+          and isinstance(tree.func.value, ast.Name) and tree.func.value.id == "np"
+          and not tree.keywords
+          and isinstance(getattr(np, tree.func.attr, None), np.ufunc)):
+        ufunc, operands = getattr(np, tree.func.attr), list(tree.args)
+    else:
+        return None, ()
+    pos = [arg(e) for e in operands]
+    if any(p is None for p in pos) or len(pos) != ufunc.nin:
+        return None, ()
+    return ufunc, tuple(p for p in pos if p is not None)
+
+
+_vector_ops: dict[str, VectorOp] = {}
+_vector_lock = threading.Lock()
+
+
+def vector_op(name: str) -> VectorOp:
+    """The vectorised form of op `name`, derived from its template (`OpDef.py`) and cached.
+
+    Raises:
+        ValueError: the template does not work on arrays even after the rewrite (a new op
+            whose template needs a hand-written array form).
+    """
+    with _vector_lock:
+        vop = _vector_ops.get(name)
+        if vop is None:
+            vop = _vector_ops[name] = _derive(OPS[name])
+    return vop
+
+
+def _derive(op: OpDef) -> VectorOp:
+    names = [f"x{i}" for i in range(op.arity)] + list(op.params)
+    expr = op.py.format(*names[: op.arity], **{p: p for p in op.params})
+    tree = ast.fix_missing_locations(_Vectorise().visit(ast.parse(expr, mode="eval")))
+    source = ast.unparse(tree)
+    fn = eval(f"lambda {', '.join(names)}: {source}", {"np": np})  # noqa: S307 (op table)
+    ufunc, pos = _single_ufunc(tree.body, names)
+    probe = [np.array([[0.5, -1.5], [2.0, 3.0]])] * op.arity + [np.full((2, 1), 2.0)] * len(
+        op.params
+    )
+    try:
+        with np.errstate(all="ignore"):
+            got = np.broadcast_to(fn(*probe), (2, 2))
+    except Exception as e:  # any failure means the template is scalar-only
+        raise ValueError(f"op {op.name!r}: template {op.py!r} has no array form ({e})") from e
+    if got.dtype != np.float64:
+        raise ValueError(f"op {op.name!r}: array form {source!r} gives {got.dtype}, not float64")
+    return VectorOp(op.name, source, fn, ufunc, pos)
+
+
+# ---- the plan: the tape rewritten as array steps ---------------------------------------------
+
+
+def _index(rows: list[int] | np.ndarray) -> Index:
+    """Rows as a slice when they are consecutive (a view, no copy), else an index array."""
+    r = np.asarray(rows, dtype=np.int64)
+    if len(r) and r[-1] - r[0] == len(r) - 1 and (len(r) == 1 or bool(np.all(np.diff(r) == 1))):
+        return slice(int(r[0]), int(r[0]) + len(r))
+    return r
+
+
+class _Rows:
+    """Workspace rows, given out first fit in contiguous blocks (a run's outputs are a slice)."""
+
+    def __init__(self) -> None:
+        self.used = bytearray()
+
+    def alloc(self, k: int) -> int:
+        if k == 0:
+            return 0
+        i = self.used.find(bytes(k))
+        if i < 0:
+            tail = len(self.used) - len(self.used.rstrip(b"\x00"))
+            i = len(self.used) - tail
+            self.used.extend(bytes(k - tail))
+        self.used[i: i + k] = b"\x01" * k
+        return i
+
+    def free(self, r: int) -> None:
+        self.used[r] = 0
+
+    def __len__(self) -> int:
+        return len(self.used)
+
+
+class _Elementwise:
+    """One run (or the part of it with one pattern of per-example/uniform operands)."""
+
+    __slots__ = ("args", "fn", "out", "same", "temp", "ufunc", "upos")
+
+    def __init__(self, vop: VectorOp, args: list[tuple[bool, Any]], out: Index) -> None:
+        self.fn, self.ufunc, self.upos = vop.fn, vop.ufunc, vop.ufunc_args
+        self.args = args  # (per-example, row index) or (uniform, (k, 1) slots); params: arrays
+        self.out = out
+        # x * x reads the same rows twice: gather once
+        self.same = len(args) > 1 and args[0][0] == args[1][0] == "rows" and _same(
+            args[0][1], args[1][1]
+        )
+        k = _length(out)
+        self.temp = k * (sum(1 for a in args if a[0] == "rows" and not isinstance(a[1], slice))
+                         + (0 if isinstance(out, slice) and vop.ufunc else 1))
+
+    def __call__(self, work: np.ndarray, u: np.ndarray) -> None:
+        vals = []
+        for i, (kind, ix) in enumerate(self.args):
+            if kind == "rows":
+                vals.append(vals[0] if (i == 1 and self.same) else work[ix])
+            elif kind == "uniform":
+                vals.append(u[ix])
+            else:  # a static parameter column
+                vals.append(ix)
+        if self.ufunc is not None and isinstance(self.out, slice):
+            self.ufunc(*[vals[i] for i in self.upos], out=work[self.out])
+        else:
+            work[self.out] = self.fn(*vals)
+
+
+def _same(a: Index, b: Index) -> bool:
+    if isinstance(a, slice) or isinstance(b, slice):
+        return a == b
+    return a.shape == b.shape and bool(np.all(a == b))
+
+
+def _length(ix: Index) -> int:
+    return ix.stop - ix.start if isinstance(ix, slice) else len(ix)
+
+
+class _Dot:
+    """A run of fused sums of products: matrix products, then the terms that fit none."""
+
+    __slots__ = ("consts", "mats", "pool_rows", "pool_u", "temp", "zero")
+
+    def __init__(self) -> None:
+        self.mats: list[tuple[np.ndarray, Index, slice]] = []  # (W slots, x rows, out rows)
+        self.zero: Index | None = None  # output rows no matrix product initialises
+        self.pool_u: tuple[Index, Index, np.ndarray, np.ndarray] | None = None
+        self.pool_rows: tuple[Index, Index, Index, np.ndarray] | None = None
+        self.consts: tuple[Index, np.ndarray, np.ndarray, np.ndarray, int] | None = None
+        self.temp = 0
+
+    def __call__(self, work: np.ndarray, u: np.ndarray) -> None:
+        for wslots, xrows, out in self.mats:
+            np.matmul(u[wslots], work[xrows], out=work[out])
+        if self.zero is not None:
+            work[self.zero] = 0.0
+        if self.pool_u is not None:  # sum_t work[a_t] * u[b_t], per step (segments of terms)
+            out_rows, a, b, starts = self.pool_u
+            prod = work[a] * u[b]
+            work[out_rows] += np.add.reduceat(prod, starts, axis=0)
+        if self.pool_rows is not None:  # sum_t work[a_t] * work[b_t]
+            out_rows, a, b2, starts = self.pool_rows
+            prod = work[a] * work[b2]
+            work[out_rows] += np.add.reduceat(prod, starts, axis=0)
+        if self.consts is not None:  # terms of two parameters or literals (a bias times 1.0)
+            out_rows, ca, cb, seg, k = self.consts
+            c = np.bincount(seg, weights=u[ca] * u[cb], minlength=k)
+            work[out_rows] += c[:, None]
+
+
+@dataclass
+class _Results:
+    """Where each result is read from at the end of a pass, by kind."""
+
+    n_out: int
+    n_acc: int
+    # values: (columns, rows) and (columns, uniform slots)
+    val_rows: tuple[np.ndarray, Index] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    val_u: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    # accumulated results that are values: (acc columns, rows) and (acc columns, slots)
+    plain_rows: tuple[np.ndarray, Index] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    plain_u: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    # products summed over examples: grid blocks (B rows, A rows, acc columns, flat picks)
+    grids: list[tuple[Index, Index, np.ndarray, np.ndarray]] = field(default_factory=list)
+    # products that fit no grid, by factor kinds: rows x rows, rows x uniform, uniform x uniform
+    prod_rr: tuple[np.ndarray, Index, Index] = (np.zeros(0, np.int64),) * 3  # type: ignore
+    prod_ru: tuple[np.ndarray, Index, np.ndarray] = (np.zeros(0, np.int64),) * 3  # type: ignore
+    prod_uu: tuple[np.ndarray, np.ndarray, np.ndarray] = (np.zeros(0, np.int64),) * 3  # type: ignore
+    # every product, for per-row mode: (acc columns, A is a row, A index, B is a row, B index)
+    all_prod: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] = (
+        (np.zeros(0, np.int64),) * 5  # type: ignore
+    )
+
+
+@dataclass
+class Plan:
+    """A tape rewritten as array steps over a compact workspace, for `n_params` parameters.
+
+    Attributes:
+        n_rows: workspace rows (per-example values alive at once; parameters have none).
+        x_rows: the rows the per-example arguments are written to (a slice, in X's order).
+        u_slots, u_fill: tape slots of the parameters then the literals (``u[u_slots]``).
+        steps: callables ``step(work, u)``, in tape order.
+        results: where results are read.
+        temp_rows: the most rows of temporaries one step makes (for the memory estimate).
+    """
+
+    n_rows: int
+    x_rows: slice
+    n_slots: int
+    param_slots: np.ndarray
+    const_slots: np.ndarray
+    const_values: np.ndarray
+    steps: list[Callable[[np.ndarray, np.ndarray], None]]
+    results: _Results
+    temp_rows: int
+    stats: dict[str, int]
+
+    def chunk(self, per_row: bool) -> int:
+        """Examples per pass: as many as fit in `MEMORY`, within [MIN_CHUNK, CHUNK]."""
+        rows = self.n_rows + self.temp_rows + self.results.n_out
+        rows += 2 * self.results.n_acc if per_row else self.results.n_acc
+        return int(min(CHUNK, max(MIN_CHUNK, MEMORY // (8 * max(rows, 1)))))
+
+    def describe(self) -> str:
+        """A short summary, for people."""
+        s = self.stats
+        return (
+            f"# vector plan: {len(self.steps)} steps, {self.n_rows} workspace rows, "
+            f"{s['matmuls']} matrix products ({s['matmul_terms']} of {s['terms']} fused terms), "
+            f"{s['grids']} gradient grids ({s['grid_products']} of {s['products']} products)"
+        )
+
+
+def _operand_vids(tape: Tape, uniform: np.ndarray, n_params: int) -> tuple[
+    dict[int, list[int]], dict[int, int], list[int], dict[int, int]
+]:
+    """Value ids: every write of a per-example slot is a new value. Returns (vids read per run,
+    last run reading each value, vids of the per-example arguments, slot -> vid at the end);
+    the id of instruction k's output is ``out_vid0 + k`` where out_vid0 = len(arguments)."""
+    x_slots = [int(s) for s in tape.arg_slots[n_params:]]
+    cur: dict[int, int] = {}
+    x_vids = []
+    for i, s in enumerate(x_slots):
+        cur[s] = i
+        x_vids.append(i)
+    base = len(x_slots)
+    last: dict[int, int] = {}
+    reads: dict[int, list[int]] = {}
+    names = {v: k for k, v in OPCODES.items()}
+    for g, (opc, lo, hi) in enumerate(tape.runs.tolist()):
+        if opc == DOT:
+            t0, t1 = int(tape.a0[lo]), int(tape.a1[hi - 1])
+            slots = np.concatenate([tape.ta[t0:t1], tape.tb[t0:t1]])
+        else:
+            slots = tape.a0[lo:hi]
+            if OPS[names[opc]].arity == 2:
+                slots = np.concatenate([slots, tape.a1[lo:hi]])
+        slots = np.unique(slots[~uniform[slots]])
+        vids = [cur[int(s)] for s in slots]
+        for v in vids:
+            last[v] = g
+        reads[g] = vids
+        for k in range(lo, hi):
+            cur[int(tape.out[k])] = base + k
+    end = len(tape.runs)
+    for s in np.concatenate([tape.result_slots, tape.result_b[tape.result_b >= 0]]).tolist():
+        if not uniform[s]:
+            last[cur[s]] = end
+    return reads, last, x_vids, cur
+
+
+def _build(tape: Tape, n_params: int, n_out: int) -> Plan:
+    uniform = np.zeros(tape.n_slots, bool)
+    uniform[tape.arg_slots[:n_params]] = True
+    uniform[tape.const_slots] = True
+    reads, last, x_vids, end_vid = _operand_vids(tape, uniform, n_params)
+    base = len(x_vids)
+    rows = _Rows()
+    row_of: dict[int, int] = {}  # vid -> row
+    r0 = rows.alloc(len(x_vids))
+    for i, v in enumerate(x_vids):
+        row_of[v] = r0 + i
+    x_rows = slice(r0, r0 + len(x_vids))
+    cur: dict[int, int] = dict(zip(tape.arg_slots[n_params:].tolist(), x_vids, strict=True))
+    names = {v: k for k, v in OPCODES.items()}
+    steps: list[Callable[[np.ndarray, np.ndarray], None]] = []
+    stats = {"matmuls": 0, "matmul_terms": 0, "terms": 0, "grids": 0, "grid_products": 0,
+             "products": 0}
+    temp = 0
+
+    def row(slot: int) -> int:
+        return row_of[cur[slot]]
+
+    for g, (opc, lo, hi) in enumerate(tape.runs.tolist()):
+        if opc == DOT:
+            order, made = _plan_dot(tape, lo, hi, uniform, row, stats)
+        else:
+            order, made = _plan_elementwise(tape, names[opc], lo, hi, uniform, row)
+        # outputs get a contiguous block BEFORE this run's dead operands are freed: no step
+        # writes a row another of its operands is still read from
+        start = rows.alloc(hi - lo)
+        out_row = {k: start + i for i, k in enumerate(order)}
+        for k in range(lo, hi):
+            row_of[base + k] = out_row[k]
+            cur[int(tape.out[k])] = base + k
+        for step in made(out_row):
+            steps.append(step)
+            temp = max(temp, step.temp)  # type: ignore[attr-defined]
+        for v in reads[g]:
+            if last[v] == g:
+                rows.free(row_of[v])
+        for k in range(lo, hi):
+            if base + k not in last:  # never read: dead code
+                rows.free(row_of[base + k])
+    results = _plan_results(tape, n_out, uniform, lambda s: row_of[end_vid[s]], stats)
+    return Plan(
+        n_rows=max(len(rows), 1), x_rows=x_rows, n_slots=tape.n_slots,
+        param_slots=tape.arg_slots[:n_params].copy(), const_slots=tape.const_slots,
+        const_values=tape.const_values, steps=steps, results=results, temp_rows=temp,
+        stats=stats,
+    )
+
+
+MadeSteps = Callable[[dict[int, int]], list[Any]]
+
+
+def _plan_elementwise(
+    tape: Tape, name: str, lo: int, hi: int, uniform: np.ndarray, row: Callable[[int], int]
+) -> tuple[list[int], MadeSteps]:
+    """Split a run by which operands are per-example; each part is one vectorised call."""
+    vop = vector_op(name)
+    op = OPS[name]
+    parts: dict[tuple[bool, ...], list[int]] = {}
+    for k in range(lo, hi):
+        ops = [int(tape.a0[k]), int(tape.a1[k])][: op.arity]
+        parts.setdefault(tuple(bool(uniform[s]) for s in ops), []).append(k)
+    order = [k for ks in parts.values() for k in ks]
+
+    def made(out_row: dict[int, int]) -> list[Any]:
+        out = []
+        for pattern, ks in parts.items():
+            args: list[tuple[str, Any]] = []
+            for i, is_u in enumerate(pattern):
+                slots = (tape.a0 if i == 0 else tape.a1)[ks]
+                if is_u:
+                    args.append(("uniform", slots.reshape(-1, 1)))
+                else:
+                    args.append(("rows", _index([row(int(s)) for s in slots])))
+            if op.params:  # pow's exponent: one per instruction
+                args.append(("param", tape.p[ks].reshape(-1, 1).copy()))
+            out.append(_Elementwise(vop, args, _index([out_row[k] for k in ks])))
+        return out
+
+    return order, made
+
+
+def _plan_dot(
+    tape: Tape, lo: int, hi: int, uniform: np.ndarray, row: Callable[[int], int],
+    stats: dict[str, int],
+) -> tuple[list[int], MadeSteps]:
+    """Group a DOT run's steps by their per-example factor rows: each group is ``W @ X``."""
+    mats: dict[int, list[tuple[int, int]]] = {}  # step -> [(row, uniform slot)]
+    pairs: dict[int, list[tuple[int, int]]] = {}
+    consts: dict[int, list[tuple[int, int]]] = {}
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k in range(lo, hi):
+        m, pr, c = [], [], []
+        for t in range(int(tape.a0[k]), int(tape.a1[k])):
+            a, b = int(tape.ta[t]), int(tape.tb[t])
+            if uniform[a] and uniform[b]:
+                c.append((a, b))
+            elif uniform[a]:
+                m.append((row(b), a))
+            elif uniform[b]:
+                m.append((row(a), b))
+            else:
+                pr.append((row(a), row(b)))
+        m.sort(key=lambda rs: rs[0])  # stable: duplicate rows keep their order
+        mats[k], pairs[k], consts[k] = m, pr, c
+        stats["terms"] += int(tape.a1[k] - tape.a0[k])
+        if m:
+            groups.setdefault(tuple(r for r, _ in m), []).append(k)
+    # the biggest groups become matrix products; the rest are pooled gathers
+    ranked = sorted(groups.items(), key=lambda kv: -len(kv[0]) * len(kv[1]))
+    products = [(key, ks) for key, ks in ranked if len(ks) >= 2 or len(key) >= 8]
+    products = products[:MAX_MATMULS]
+    in_product = {k for _, ks in products for k in ks}
+    order = [k for _, ks in products for k in ks] + [
+        k for k in range(lo, hi) if k not in in_product
+    ]
+
+    def made(out_row: dict[int, int]) -> list[Any]:
+        step = _Dot()
+        temp = 0
+        for key, ks in products:
+            w = np.array([[s for _, s in mats[k]] for k in ks], np.int64)
+            xr = _index(list(key))
+            out = _index([out_row[k] for k in ks])
+            assert isinstance(out, slice)  # a group's outputs were allocated together
+            step.mats.append((w, xr, out))
+            temp = max(temp, 0 if isinstance(xr, slice) else len(key))
+            stats["matmuls"] += 1
+            stats["matmul_terms"] += w.size
+        rest = [k for k in order if k not in in_product]
+        if rest:
+            step.zero = _index([out_row[k] for k in rest])
+        pu = [(k, m) for k in rest for m in mats[k]]
+        if pu:
+            seg_rows, a, b, starts = _segments(pu, out_row)
+            step.pool_u = (seg_rows, _index(a), np.array(b, np.int64).reshape(-1, 1), starts)
+            temp = max(temp, 2 * len(a))
+        pp = [(k, p) for k in range(lo, hi) for p in pairs[k]]
+        if pp:
+            seg_rows, a, b, starts = _segments(pp, out_row)
+            step.pool_rows = (seg_rows, _index(a), _index(b), starts)
+            temp = max(temp, 3 * len(a))
+        cc = [(k, c) for k in range(lo, hi) for c in consts[k]]
+        if cc:
+            ks = sorted({k for k, _ in cc})
+            local = {k: i for i, k in enumerate(ks)}
+            step.consts = (
+                _index([out_row[k] for k in ks]),
+                np.array([c[0] for _, c in cc], np.int64),
+                np.array([c[1] for _, c in cc], np.int64),
+                np.array([local[k] for k, _ in cc], np.int64),
+                len(ks),
+            )
+        step.temp = temp + (hi - lo)
+        return [step]
+
+    return order, made
+
+
+def _segments(
+    terms: list[tuple[int, tuple[int, int]]], out_row: dict[int, int]
+) -> tuple[Index, list[int], list[int], np.ndarray]:
+    """Terms ordered by step -> (each step's output row, first factors, second factors,
+    where each step's terms start), for ``np.add.reduceat``."""
+    seg_rows: list[int] = []
+    starts: list[int] = []
+    prev = None
+    for i, (k, _) in enumerate(terms):
+        if k != prev:
+            seg_rows.append(out_row[k])
+            starts.append(i)
+            prev = k
+    a = [x for _, (x, _) in terms]
+    b = [y for _, (_, y) in terms]
+    return _index(seg_rows), a, b, np.array(starts, np.int64)
+
+
+def _plan_results(
+    tape: Tape, n_out: int, uniform: np.ndarray, row: Callable[[int], int],
+    stats: dict[str, int],
+) -> _Results:
+    """Read values, sum plain gradients, and group the summed products into grids."""
+    slots = tape.result_slots.tolist()
+    bs = tape.result_b.tolist()
+    res = _Results(n_out=n_out, n_acc=len(slots) - n_out)
+
+    def split(cols: list[int], ss: list[int]) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+        r = [(c, row(s)) for c, s in zip(cols, ss, strict=True) if not uniform[s]]
+        q = [(c, s) for c, s in zip(cols, ss, strict=True) if uniform[s]]
+        return (
+            (np.array([c for c, _ in r], np.int64), _index([x for _, x in r])),
+            (np.array([c for c, _ in q], np.int64), np.array([x for _, x in q], np.int64)),
+        )
+
+    res.val_rows, res.val_u = split(list(range(n_out)), slots[:n_out])
+    plain = [k - n_out for k in range(n_out, len(slots)) if bs[k] < 0]
+    res.plain_rows, res.plain_u = split(plain, [slots[c + n_out] for c in plain])
+
+    prods = [(k - n_out, slots[k], bs[k]) for k in range(n_out, len(slots)) if bs[k] >= 0]
+    stats["products"] = len(prods)
+    cols = np.array([c for c, _, _ in prods], np.int64)
+    a_u = np.array([bool(uniform[a]) for _, a, _ in prods], bool)
+    b_u = np.array([bool(uniform[b]) for _, _, b in prods], bool)
+    a_ix = np.array([a if uniform[a] else row(a) for _, a, _ in prods], np.int64)
+    b_ix = np.array([b if uniform[b] else row(b) for _, _, b in prods], np.int64)
+    res.all_prod = (cols, ~a_u, a_ix, ~b_u, b_ix)
+
+    # grids: rows grouped by their set of partners; each group G with partners P is the block
+    # G x P, kept if most of its entries are products still to compute
+    edges: dict[tuple[int, int], list[int]] = {}
+    partners: dict[int, set[int]] = {}
+    for i in np.flatnonzero(~a_u & ~b_u).tolist():
+        x, y = int(a_ix[i]), int(b_ix[i])
+        edges.setdefault((min(x, y), max(x, y)), []).append(i)
+        partners.setdefault(x, set()).add(y)
+        partners.setdefault(y, set()).add(x)
+    by_set: dict[frozenset[int], list[int]] = {}
+    for r, ps in partners.items():
+        by_set.setdefault(frozenset(ps), []).append(r)
+    done: set[tuple[int, int]] = set()
+    blocks = sorted(by_set.items(), key=lambda kv: -len(kv[0]) * len(kv[1]))
+    for pset, grp in blocks:
+        b_rows, a_rows = sorted(grp), sorted(pset)
+        todo = [(min(x, y), max(x, y)) for x in b_rows for y in a_rows]
+        todo = list(dict.fromkeys(e for e in todo if e in edges and e not in done))
+        if len(todo) < 2 or len(todo) < 0.5 * len(b_rows) * len(a_rows):
+            continue
+        bpos = {r: i for i, r in enumerate(b_rows)}
+        apos = {r: i for i, r in enumerate(a_rows)}
+        gcols, picks = [], []
+        for e in todo:
+            x, y = e
+            # orient the edge: the grid's rows are b_rows, its columns a_rows
+            i, j = (bpos[x], apos[y]) if x in bpos and y in apos else (bpos[y], apos[x])
+            for p in edges[e]:
+                gcols.append(int(cols[p]))
+                picks.append(i * len(a_rows) + j)
+            done.add(e)
+        res.grids.append(
+            (_index(b_rows), _index(a_rows), np.array(gcols, np.int64),
+             np.array(picks, np.int64))
+        )
+        stats["grids"] += 1
+        stats["grid_products"] += len(gcols)
+    left = [i for e, ps in edges.items() if e not in done for i in ps]
+    res.prod_rr = (cols[left], _index(a_ix[left]), _index(b_ix[left]))
+    ru = np.flatnonzero(a_u ^ b_u)
+    # the per-example factor first
+    r_ix = np.where(a_u[ru], b_ix[ru], a_ix[ru])
+    u_ix = np.where(a_u[ru], a_ix[ru], b_ix[ru])
+    res.prod_ru = (cols[ru], _index(r_ix), u_ix.reshape(-1, 1))
+    uu = np.flatnonzero(a_u & b_u)
+    res.prod_uu = (cols[uu], a_ix[uu], b_ix[uu])
+    return res
+
+
+_plans: dict[tuple[int, int, int], tuple[weakref.ref[Tape], Plan]] = {}
+_plans_lock = threading.Lock()
+
+
+def plan(tape: Tape, n_params: int, n_out: int) -> Plan:
+    """The `Plan` of `tape` with its first `n_params` arguments uniform, built once per tape."""
+    key = (id(tape), n_params, n_out)
+    with _plans_lock:
+        hit = _plans.get(key)
+        if hit is not None and hit[0]() is tape:
+            return hit[1]
+    pl = _build(tape, n_params, n_out)
+    with _plans_lock:
+        for k in [k for k, (ref, _) in _plans.items() if ref() is None]:
+            del _plans[k]  # tapes that are gone
+        _plans[key] = (weakref.ref(tape), pl)
+    return pl
+
+
+# ---- running ---------------------------------------------------------------------------------
+
+
+def run(tape: Tape, params: np.ndarray, X: np.ndarray, n_out: int, values: np.ndarray,
+        acc: np.ndarray, per_row: bool) -> None:
+    """Run `tape` over the rows of `X`, like ``tape.run`` (without its backend argument).
+
+    Args:
+        params: the uniform arguments (parameters), ``(n_params,)``.
+        X: ``(N, n_inputs)``, one example a row.
+        n_out: how many leading results are values assigned per row.
+        values: ``(N, n_out)``, assigned.
+        acc: ``(1, n_acc)`` (summed over rows) or ``(N, n_acc)`` (per_row), added into.
+        per_row: whether accumulated results are kept per row.
+    """
+    n = X.shape[0]
+    if n == 0:
+        return
+    pl = plan(tape, params.shape[0], n_out)
+    u = np.zeros(pl.n_slots)
+    u[pl.param_slots] = params
+    u[pl.const_slots] = pl.const_values
+    chunk = pl.chunk(per_row)
+    n_chunks = -(-n // chunk)
+    bounds = [n * i // n_chunks for i in range(n_chunks + 1)]  # near-equal chunks
+    work = np.empty((0, 0))
+    with np.errstate(all="ignore"):  # IEEE results: 1/0 is inf, as in the compiled backends
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            nb = stop - start
+            if work.shape != (pl.n_rows, nb):
+                work = np.empty((pl.n_rows, nb))
+            work[pl.x_rows] = X[start:stop].T
+            for step in pl.steps:
+                step(work, u)
+            _finish(pl.results, work, u, start, stop, values, acc, per_row)
+
+
+def _finish(r: _Results, work: np.ndarray, u: np.ndarray, start: int, stop: int,
+            values: np.ndarray, acc: np.ndarray, per_row: bool) -> None:
+    """Write a pass's values and add its accumulated results."""
+    nb = stop - start
+    cols, ix = r.val_rows
+    if len(cols):
+        values[start:stop, cols] = work[ix].T
+    cols, us = r.val_u
+    if len(cols):
+        values[start:stop, cols] = u[us]
+    if r.n_acc == 0:
+        return
+    if per_row:
+        t = np.zeros((r.n_acc, nb))
+        cols, ix = r.plain_rows
+        t[cols] = work[ix]
+        cols, us = r.plain_u
+        t[cols] = u[us][:, None]
+        cols, a_row, a_ix, b_row, b_ix = r.all_prod
+        if len(cols):
+            a = np.where(a_row[:, None], work[np.where(a_row, a_ix, 0)], u[a_ix][:, None])
+            b = np.where(b_row[:, None], work[np.where(b_row, b_ix, 0)], u[b_ix][:, None])
+            t[cols] = a * b
+        acc[start:stop] += t.T
+        return
+    tot = np.zeros(r.n_acc)
+    cols, ix = r.plain_rows
+    if len(cols):
+        tot[cols] = work[ix].sum(axis=1)
+    cols, us = r.plain_u
+    tot[cols] = u[us] * nb
+    for b_rows, a_rows, gcols, picks in r.grids:
+        tot[gcols] = (work[b_rows] @ work[a_rows].T).ravel()[picks]
+    cols, a, b = r.prod_rr
+    if len(cols):
+        tot[cols] = np.einsum("ij,ij->i", work[a], work[b])
+    cols, a, us2 = r.prod_ru
+    if len(cols):
+        tot[cols] = (work[a] * u[us2]).sum(axis=1)
+    cols, ua, ub = r.prod_uu
+    tot[cols] = (u[ua] * u[ub]) * nb
+    acc[0] += tot
+
+
+def run_layout(tape: Tape, layout: Layout, batch: str | None,
+               arrays: tuple[np.ndarray, ...]) -> None:
+    """`tape.run_layout` for this executor: a kernel's (or batch loop's) arrays in and out.
+
+    `arrays` are the kernel's arrays (batch None) or its batch loop's ("rows"/"sum").
+    """
+    n_args = len(layout.args)
+    names = [nm for nm, _ in layout.args]
+    if any(nm in layout.per_row for nm in names[: len(names) - len(layout.per_row)]):
+        raise ValueError(f"per-row arguments must come last in a tape layout, got {names}")
+    arg_arrays, res_arrays = arrays[:n_args], arrays[n_args:]
+    named = list(zip(names, arg_arrays, strict=True))
+    fixed = [a.reshape(-1) for nm, a in named if nm not in layout.per_row]
+    rows = [a for nm, a in named if nm in layout.per_row]
+    if batch is None:
+        rows = [r.reshape(1, -1) for r in rows]
+    n = rows[0].shape[0] if rows else 1
+    params = np.ascontiguousarray(np.concatenate(fixed)) if fixed else np.zeros(0)
+    X = np.ascontiguousarray(np.hstack(rows)) if rows else np.zeros((n, 0))
+    pairs = list(zip(layout.results, res_arrays, strict=True))
+    assigned = [a for (nm, _), a in pairs if nm not in layout.accumulate]
+    accumulated = [a for (nm, _), a in pairs if nm in layout.accumulate]
+    n_out = sum(int(np.prod(s)) for nm, s in layout.results if nm not in layout.accumulate)
+    per_row = batch == "rows"
+    values = np.zeros((n, n_out))
+    acc = np.zeros((n if per_row else 1, len(tape.result_slots) - n_out))
+    run(tape, params, X, n_out, values, acc, per_row)
+    col = 0
+    for a in assigned:
+        width = a.size // n if batch is not None else a.size
+        a.reshape(n, width)[:] = values[:, col: col + width]
+        col += width
+    col = 0
+    lead = n if per_row else 1
+    for a in accumulated:
+        width = a.size // lead
+        a.reshape(lead, width)[:] += acc[:, col: col + width]
+        col += width
