@@ -32,6 +32,7 @@ libm by an ulp. This is an explicit opt-in backend for that reason.
 from __future__ import annotations
 
 import ast
+import itertools
 import threading
 import weakref
 from collections.abc import Callable
@@ -161,7 +162,7 @@ def _derive(op: OpDef) -> VectorOp:
     expr = op.py.format(*names[: op.arity], **{p: p for p in op.params})
     tree = ast.fix_missing_locations(_Vectorise().visit(ast.parse(expr, mode="eval")))
     source = ast.unparse(tree)
-    fn = eval(f"lambda {', '.join(names)}: {source}", {"np": np})  # noqa: S307 (op table)
+    fn = eval(f"lambda {', '.join(names)}: {source}", {"np": np})  # the op table is trusted
     ufunc, pos = _single_ufunc(tree.body, names)
     probe = [np.array([[0.5, -1.5], [2.0, 3.0]])] * op.arity + [np.full((2, 1), 2.0)] * len(
         op.params
@@ -245,7 +246,7 @@ class _Elementwise:
 
 def _same(a: Index, b: Index) -> bool:
     if isinstance(a, slice) or isinstance(b, slice):
-        return a == b
+        return isinstance(a, slice) and isinstance(b, slice) and a == b
     return a.shape == b.shape and bool(np.all(a == b))
 
 
@@ -303,10 +304,8 @@ class _Results:
     prod_rr: tuple[np.ndarray, Index, Index] = (np.zeros(0, np.int64),) * 3  # type: ignore
     prod_ru: tuple[np.ndarray, Index, np.ndarray] = (np.zeros(0, np.int64),) * 3  # type: ignore
     prod_uu: tuple[np.ndarray, np.ndarray, np.ndarray] = (np.zeros(0, np.int64),) * 3  # type: ignore
-    # every product, for per-row mode: (acc columns, A is a row, A index, B is a row, B index)
-    all_prod: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] = (
-        (np.zeros(0, np.int64),) * 5  # type: ignore
-    )
+    # every product, rows x rows, for per-row mode (the others are prod_ru and prod_uu)
+    all_rr: tuple[np.ndarray, Index, Index] = (np.zeros(0, np.int64),) * 3  # type: ignore
 
 
 @dataclass
@@ -336,7 +335,8 @@ class Plan:
     def chunk(self, per_row: bool) -> int:
         """Examples per pass: as many as fit in `MEMORY`, within [MIN_CHUNK, CHUNK]."""
         rows = self.n_rows + self.temp_rows + self.results.n_out
-        rows += 2 * self.results.n_acc if per_row else self.results.n_acc
+        if per_row:  # the products, then their transpose into acc
+            rows += 2 * self.results.n_acc
         return int(min(CHUNK, max(MIN_CHUNK, MEMORY // (8 * max(rows, 1)))))
 
     def describe(self) -> str:
@@ -452,22 +452,32 @@ def _plan_elementwise(
     for k in range(lo, hi):
         ops = [int(tape.a0[k]), int(tape.a1[k])][: op.arity]
         parts.setdefault(tuple(bool(uniform[s]) for s in ops), []).append(k)
+
+    def operand_rows(k: int) -> tuple[int, ...]:
+        ops = [int(tape.a0[k]), int(tape.a1[k])][: op.arity]
+        return tuple(row(s) for s in ops if not uniform[s])
+
+    # in the order of their operands' rows (the backward pass reads a layer's values in
+    # reverse), so that operands are slices; this run's outputs are laid out in the same order
+    for ks in parts.values():
+        ks.sort(key=operand_rows)
     order = [k for ks in parts.values() for k in ks]
+    part_args = []
+    for pattern, ks in parts.items():
+        args: list[tuple[str, Any]] = []
+        for i, is_u in enumerate(pattern):
+            slots = (tape.a0 if i == 0 else tape.a1)[ks]
+            if is_u:
+                args.append(("uniform", slots.reshape(-1, 1)))
+            else:
+                args.append(("rows", _index([row(int(s)) for s in slots])))
+        if op.params:  # pow's exponent: one per instruction
+            args.append(("param", tape.p[ks].reshape(-1, 1).copy()))
+        part_args.append((args, ks))
 
     def made(out_row: dict[int, int]) -> list[Any]:
-        out = []
-        for pattern, ks in parts.items():
-            args: list[tuple[str, Any]] = []
-            for i, is_u in enumerate(pattern):
-                slots = (tape.a0 if i == 0 else tape.a1)[ks]
-                if is_u:
-                    args.append(("uniform", slots.reshape(-1, 1)))
-                else:
-                    args.append(("rows", _index([row(int(s)) for s in slots])))
-            if op.params:  # pow's exponent: one per instruction
-                args.append(("param", tape.p[ks].reshape(-1, 1).copy()))
-            out.append(_Elementwise(vop, args, _index([out_row[k] for k in ks])))
-        return out
+        return [_Elementwise(vop, args, _index([out_row[k] for k in ks]))
+                for args, ks in part_args]
 
     return order, made
 
@@ -595,7 +605,8 @@ def _plan_results(
     b_u = np.array([bool(uniform[b]) for _, _, b in prods], bool)
     a_ix = np.array([a if uniform[a] else row(a) for _, a, _ in prods], np.int64)
     b_ix = np.array([b if uniform[b] else row(b) for _, _, b in prods], np.int64)
-    res.all_prod = (cols, ~a_u, a_ix, ~b_u, b_ix)
+    rr = np.flatnonzero(~a_u & ~b_u)
+    res.all_rr = (cols[rr], _index(a_ix[rr]), _index(b_ix[rr]))
 
     # grids: rows grouped by their set of partners; each group G with partners P is the block
     # G x P, kept if most of its entries are products still to compute
@@ -692,7 +703,7 @@ def run(tape: Tape, params: np.ndarray, X: np.ndarray, n_out: int, values: np.nd
     bounds = [n * i // n_chunks for i in range(n_chunks + 1)]  # near-equal chunks
     work = np.empty((0, 0))
     with np.errstate(all="ignore"):  # IEEE results: 1/0 is inf, as in the compiled backends
-        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        for start, stop in itertools.pairwise(bounds):
             nb = stop - start
             if work.shape != (pl.n_rows, nb):
                 work = np.empty((pl.n_rows, nb))
@@ -720,11 +731,14 @@ def _finish(r: _Results, work: np.ndarray, u: np.ndarray, start: int, stop: int,
         t[cols] = work[ix]
         cols, us = r.plain_u
         t[cols] = u[us][:, None]
-        cols, a_row, a_ix, b_row, b_ix = r.all_prod
+        cols, a, b = r.all_rr
         if len(cols):
-            a = np.where(a_row[:, None], work[np.where(a_row, a_ix, 0)], u[a_ix][:, None])
-            b = np.where(b_row[:, None], work[np.where(b_row, b_ix, 0)], u[b_ix][:, None])
-            t[cols] = a * b
+            t[cols] = work[a] * work[b]
+        cols, a, us2 = r.prod_ru
+        if len(cols):
+            t[cols] = work[a] * u[us2]
+        cols, ua, ub = r.prod_uu
+        t[cols] = (u[ua] * u[ub])[:, None]
         acc[start:stop] += t.T
         return
     tot = np.zeros(r.n_acc)

@@ -122,6 +122,18 @@ def _zero_graph(root: Any) -> None:
             stack.extend(v._prev)
 
 
+@given(programs(safe=False, max_ops=10, n_outputs=2, leaf_values=st.floats()))
+def test_python_backend_equals_engine_bit_for_bit(case: Case) -> None:
+    # the plain-Python backend runs the op table's own rules, the engine's arithmetic in the
+    # engine's order: the same bits for any input, nan and inf included (nan signs aside)
+    v, j, f = _compiled(case)
+    ev, ej = engine_value_and_grad(case)
+    flat = [*v, *(g for row in j for g in row)]
+    want = [*ev, *(g for row in ej for g in row)]
+    for a, b in zip(flat, want, strict=True):
+        assert same_float(a, b), f"{a!r} != {b!r}\n{case}\n{f.ir}"
+
+
 @given(programs(ops=sorted(MICROGRAD_OPS), max_ops=10, n_outputs=2))
 def test_micrograd_programs_match_micrograd(case: Case) -> None:
     v, j, f = _compiled(case)
@@ -239,13 +251,13 @@ def test_jacobian_rows_are_the_per_output_gradients(case: Case) -> None:
     values, jac = f()
     assert values.shape == (3,) and jac.shape == (3, len(leaves))
     rows = [sg.compile(o, wrt=leaves, backend="python")() for o in outs]
-    # not bit for bit: the Jacobian's sweeps add up contributions in another order (see
-    # test_jacobian_row_adds_up_like_backward below)
-    _assert_close(
-        (values.tolist(), jac.tolist()),
-        ([v for v, _ in rows], [g.tolist() for _, g in rows]),
-        1e-12, rounding_slack(case), f"{case}\n{f.ir}",
-    )
+    # bit for bit: each row's sweep adds up contributions in its own output's order, the order
+    # of that output's backward() (see test_jacobian_row_adds_up_like_backward below)
+    ev, ej = engine_value_and_grad(case)
+    for k, (value, grad) in enumerate(rows):
+        assert same_float(values[k], value) and same_float(values[k], ev[k])
+        for a, b, c in zip(jac[k], grad, ej[k], strict=True):
+            assert same_float(a, b) and same_float(a, c), f"row {k}: {jac[k]} vs {grad}\n{case}"
 
 
 @pytest.mark.parametrize("backend", ["python", "numba"])
