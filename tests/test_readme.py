@@ -52,5 +52,5 @@ def test_shown_ir_and_source_are_what_the_code_prints():
     o.label = "o"
     f = sg.compile(o, wrt=[w1, w2, b], inputs=[x1, x2], name="neuron", backend="python")
     assert "```\n" + str(f.ir) + "\n```" in README
-    kernel = f.source.split("\n\n\n")[1]  # ends in "return\n"
+    kernel = f.source.split("\n\n\n")[1] + "\n"
     assert "```python\n" + kernel + "```" in README
