@@ -224,7 +224,11 @@ class Program:
                     self._tapes[kernel], self._layouts[kernel], self._jit_backend, batch, arrays
                 )
             return
-        parallel = batch is not None and arrays[1].shape[0] >= codegen.PARALLEL_ROWS
+        parallel = False
+        if batch is not None:  # rows are counted on the first per-row argument
+            layout = self._layouts[kernel]
+            first = next(i for i, (nm, _) in enumerate(layout.args) if nm in layout.per_row)
+            parallel = arrays[first].shape[0] >= codegen.PARALLEL_ROWS
         fn = self._module.get(kernel, batch, parallel)
         if self.backend == "python":
             with np.errstate(all="ignore"):  # IEEE results, as Numba's error_model="numpy"
