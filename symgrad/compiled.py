@@ -52,14 +52,19 @@ def compile(
     Returns:
         a `Compiled` function object. Leaves in neither `wrt` nor `inputs` are frozen constants.
     """
-    if backend not in codegen.BACKENDS:
-        raise ValueError(f"backend must be one of {codegen.BACKENDS}, got {backend!r}")
-    with _gc_paused():
-        return _compile(outputs, wrt, inputs, backend, optimize, name)
+    with gc_paused():
+        traced, stats, t0 = front_end(outputs, wrt, inputs, backend, name)
+        t = time.perf_counter()
+        grad_func = value_and_grad(traced.func, len(traced.wrt))
+        _stage(stats, "autodiff", grad_func, t)
+        grad_func = back_end(grad_func, stats, optimize)
+        grad_func = verify(name_gradients(grad_func, len(traced.outputs), len(traced.wrt)))
+        fwd_func = verify(run_passes(traced.func)[0] if optimize else traced.func)
+        return Compiled(traced, grad_func, fwd_func, backend, stats, t0)
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector: compiling allocates many small objects and no
     cycles, and collections triggered by the allocations made the passes superlinear."""
     was = gc.isenabled()
@@ -71,10 +76,17 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _compile(
+def front_end(
     outputs: Value | Iterable[Value], wrt: Sequence[Value] | None, inputs: Sequence[Value],
-    backend: str, optimize: bool, name: str | None,
-) -> Compiled:
+    backend: str, name: str | None,
+) -> tuple[Traced, dict[str, Any], float]:
+    """Validate what every compiling entry point takes, pick the default `wrt`, and trace.
+
+    Returns:
+        the traced graph, a fresh `stats` dict (with the trace stage) and the start time.
+    """
+    if backend not in codegen.BACKENDS:
+        raise ValueError(f"backend must be one of {codegen.BACKENDS}, got {backend!r}")
     outs = as_outputs(outputs)
     inputs = _leaf_list(inputs, "inputs")
     if wrt is None:
@@ -84,27 +96,24 @@ def _compile(
             if not v._prev and not v._lit and id(v) not in given
         ]
     wrt = _leaf_list(wrt, "wrt")
-    fname = _func_name(name)
     stats: dict[str, Any] = {"backend": backend, "nodes": {}, "seconds": {}}
     t0 = time.perf_counter()
-    traced = trace(outs, wrt, inputs, name=fname)
+    traced = trace(outs, wrt, inputs, name=_func_name(name))
     _stage(stats, "trace", traced.func, t0)
-    t = time.perf_counter()
-    grad_func = value_and_grad(traced.func, len(wrt))
-    _stage(stats, "autodiff", grad_func, t)
-    fwd_func = traced.func
+    return traced, stats, t0
+
+
+def back_end(func: Func, stats: dict[str, Any], optimize: bool) -> Func:
+    """Run the passes (when `optimize`), recording instruction counts and seconds in `stats`."""
     if optimize:
         t = time.perf_counter()
-        grad_func, log = run_passes(grad_func)
-        fwd_func, _ = run_passes(fwd_func)
+        func, log = run_passes(func)
         for pname, n, _sec in log:
             stats["nodes"].setdefault(pname, n)  # after the first round of each pass
         stats["passes"] = log
         stats["seconds"]["passes"] = time.perf_counter() - t
-    grad_func = verify(name_gradients(grad_func, len(outs), len(wrt)))
-    verify(fwd_func)
-    stats["nodes"]["final"] = len(grad_func.body)
-    return Compiled(traced, grad_func, fwd_func, backend, stats, t0)
+    stats["nodes"]["final"] = len(func.body)
+    return verify(func)
 
 
 def _stage(stats: dict[str, Any], stage: str, func: Func, t0: float) -> None:

@@ -1,10 +1,10 @@
 """Higher-order compiled functions of a Value graph: `jvp`, `hvp` and `hessian`.
 
-Imports `trace`, `autodiff`, `passes`, `ir`, `codegen` and `compiled` (the `Program` base class,
-its argument checks and helpers). Each traces the graph, applies IR transforms from `autodiff`
-(forward mode; forward-over-reverse for second derivatives), optimises the result and builds a
-`Program` with its own kernel layout, so backends, argument validation, ``ir``, ``source`` and
-``stats`` work as they do for `compile`.
+Imports `trace`, `autodiff`, `passes`, `ir`, `codegen` and `compiled` (the `Program` base
+class and the front and back ends every compiling entry point shares). Each traces the graph,
+applies IR transforms from `autodiff` (forward mode; forward-over-reverse for second
+derivatives), optimises the result and builds a `Program` with its own kernel layout, so
+backends, argument validation, ``ir``, ``source`` and ``stats`` work as they do for `compile`.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ import numpy as np
 from . import codegen
 from .autodiff import jvp as jvp_transform
 from .autodiff import value_and_grad, value_grad_and_hessian
-from .compiled import Program, _func_name, _leaf_list, _stage
-from .engine import Value, topological_order
-from .ir import Func, verify
+from .compiled import Program, _stage, back_end, front_end, gc_paused
+from .engine import Value
+from .ir import Func
 from .passes import dce
-from .passes import optimize as run_passes
-from .trace import Traced, as_outputs, trace
+from .trace import Traced, as_outputs
 
 __all__ = ["Hessian", "Hvp", "Jvp", "hessian", "hvp", "hvp_func", "jvp"]
 
 
+@gc_paused()
 def jvp(
     outputs: Value | Iterable[Value],
     wrt: Sequence[Value] | None = None,
@@ -50,9 +50,10 @@ def jvp(
     t = time.perf_counter()
     func = jvp_transform(traced.func, len(traced.wrt))
     _stage(stats, "jvp", func, t)
-    return Jvp(traced, _finish(func, stats, optimize), backend, stats, t0)
+    return Jvp(traced, back_end(func, stats, optimize), backend, stats, t0)
 
 
+@gc_paused()
 def hvp(
     out: Value,
     wrt: Sequence[Value] | None = None,
@@ -77,9 +78,10 @@ def hvp(
     t = time.perf_counter()
     func = hvp_func(traced.func, len(traced.wrt))
     _stage(stats, "hvp", func, t)
-    return Hvp(traced, _finish(func, stats, optimize), backend, stats, t0)
+    return Hvp(traced, back_end(func, stats, optimize), backend, stats, t0)
 
 
+@gc_paused()
 def hessian(
     out: Value,
     wrt: Sequence[Value] | None = None,
@@ -104,7 +106,7 @@ def hessian(
     t = time.perf_counter()
     func = value_grad_and_hessian(traced.func, len(traced.wrt))
     _stage(stats, "hessian", func, t)
-    return Hessian(traced, _finish(func, stats, optimize), backend, stats, t0)
+    return Hessian(traced, back_end(func, stats, optimize), backend, stats, t0)
 
 
 def hvp_func(func: Func, n_wrt: int, name: str | None = None) -> Func:
@@ -132,39 +134,12 @@ def _trace(
     backend: str, name: str | None, what: str, single: bool,
 ) -> tuple[Traced, dict[str, Any], float]:
     """Validate the arguments as `compile` does, and trace."""
-    if backend not in codegen.BACKENDS:
-        raise ValueError(f"backend must be one of {codegen.BACKENDS}, got {backend!r}")
-    outs = as_outputs(outputs)
-    if single and len(outs) != 1:
+    if single and len(as_outputs(outputs)) != 1:
         raise ValueError(
-            f"{what}: takes a single output Value, got {len(outs)} (a Hessian of several "
-            "outputs is a 3-D array: compile one per output)"
+            f"{what}: takes a single output Value, got {len(as_outputs(outputs))} (a Hessian of "
+            "several outputs is a 3-D array: compile one per output)"
         )
-    inputs = _leaf_list(inputs, "inputs")
-    if wrt is None:
-        given = {id(v) for v in inputs}
-        wrt = [
-            v for v in topological_order(outs)
-            if not v._prev and not v._lit and id(v) not in given
-        ]
-    wrt = _leaf_list(wrt, "wrt")
-    stats: dict[str, Any] = {"backend": backend, "nodes": {}, "seconds": {}}
-    t0 = time.perf_counter()
-    traced = trace(outs, wrt, inputs, name=_func_name(name))
-    _stage(stats, "trace", traced.func, t0)
-    return traced, stats, t0
-
-
-def _finish(func: Func, stats: dict[str, Any], optimize: bool) -> Func:
-    if optimize:
-        t = time.perf_counter()
-        func, log = run_passes(func)
-        for pname, n, _sec in log:
-            stats["nodes"].setdefault(pname, n)  # after the first round of each pass
-        stats["passes"] = log
-        stats["seconds"]["passes"] = time.perf_counter() - t
-    stats["nodes"]["final"] = len(func.body)
-    return verify(func)
+    return front_end(outputs, wrt, inputs, backend, name)
 
 
 def _program_args(

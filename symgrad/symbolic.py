@@ -163,10 +163,8 @@ def check(
     lam = _lambdify(sp, lsyms, grads)
     names_ = _leaf_names(leaves, syms)
 
-    rng = random.Random(seed)
-    base = [v.data for v in leaves]
     result = CheckResult()
-    pts = [base] + [[x + rng.gauss(0.0, 0.5) * (1.0 + abs(x)) for x in base] for _ in range(points)]
+    pts = _sample_points(leaves, points, seed)
     for pt in pts:
         _, g_comp = f(pt[: len(wrt_l)], pt[len(wrt_l):])
         g_comp = g_comp.reshape(len(outs), len(wrt_l))
@@ -223,10 +221,8 @@ def _check_hessian(
     lam = _lambdify(sp, [syms[id(v)] for v in leaves], [grad_expr, *hess_expr])
     names_ = _leaf_names(leaves, syms)
 
-    rng = random.Random(seed)
-    base = [v.data for v in leaves]
     result = CheckResult()
-    pts = [base] + [[x + rng.gauss(0.0, 0.5) * (1.0 + abs(x)) for x in base] for _ in range(points)]
+    pts = _sample_points(leaves, points, seed)
     for pt in pts:
         p, x = np.array(pt[:P]), np.array(pt[P:])
         _, g, h = H(p, x)
@@ -331,6 +327,15 @@ def _hessian_report(
         lines.append("  the compiled gradient agrees with sympy here: look at the second-order "
                      "path (the tangents of the vjp rules' IR)")
     return "\n".join(lines)
+
+
+def _sample_points(leaves: Sequence[Value], points: int, seed: int) -> list[list[float]]:
+    """The leaves' current values, then `points` random points around them."""
+    rng = random.Random(seed)
+    base = [v.data for v in leaves]
+    return [base] + [
+        [x + rng.gauss(0.0, 0.5) * (1.0 + abs(x)) for x in base] for _ in range(points)
+    ]
 
 
 def _leaf_names(leaves: Sequence[Value], syms: dict[int, Any]) -> list[str]:
