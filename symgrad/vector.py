@@ -180,11 +180,20 @@ def _derive(op: OpDef) -> VectorOp:
 # ---- the plan: the tape rewritten as array steps ---------------------------------------------
 
 
-def _index(rows: list[int] | np.ndarray) -> Index:
-    """Rows as a slice when they are consecutive (a view, no copy), else an index array."""
+def _index(rows: list[int] | np.ndarray, broadcast: bool = False) -> Index:
+    """Rows as a slice when they are consecutive, up or down (a view, no copy), else an index
+    array. With `broadcast`, the same row k times is the one-row slice (for elementwise
+    operands, which broadcast it)."""
     r = np.asarray(rows, dtype=np.int64)
-    if len(r) and r[-1] - r[0] == len(r) - 1 and (len(r) == 1 or bool(np.all(np.diff(r) == 1))):
-        return slice(int(r[0]), int(r[0]) + len(r))
+    if len(r) == 0:
+        return r
+    first, last = int(r[0]), int(r[-1])
+    if len(r) == 1 or bool(np.all(np.diff(r) == 1)):
+        return slice(first, last + 1)
+    if bool(np.all(np.diff(r) == -1)):
+        return slice(first, last - 1 if last > 0 else None, -1)
+    if broadcast and bool(np.all(r == first)):
+        return slice(first, first + 1)
     return r
 
 
@@ -217,15 +226,15 @@ class _Elementwise:
 
     __slots__ = ("args", "fn", "out", "same", "temp", "ufunc", "upos")
 
-    def __init__(self, vop: VectorOp, args: list[tuple[bool, Any]], out: Index) -> None:
+    def __init__(self, vop: VectorOp, args: list[tuple[str, Any]], out: Index, k: int) -> None:
         self.fn, self.ufunc, self.upos = vop.fn, vop.ufunc, vop.ufunc_args
-        self.args = args  # (per-example, row index) or (uniform, (k, 1) slots); params: arrays
+        # ("rows", row index), ("uniform", slots: (k, 1) or one int), ("param", column or float)
+        self.args = args
         self.out = out
         # x * x reads the same rows twice: gather once
         self.same = len(args) > 1 and args[0][0] == args[1][0] == "rows" and _same(
             args[0][1], args[1][1]
         )
-        k = _length(out)
         self.temp = k * (sum(1 for a in args if a[0] == "rows" and not isinstance(a[1], slice))
                          + (0 if isinstance(out, slice) and vop.ufunc else 1))
 
@@ -248,10 +257,6 @@ def _same(a: Index, b: Index) -> bool:
     if isinstance(a, slice) or isinstance(b, slice):
         return isinstance(a, slice) and isinstance(b, slice) and a == b
     return a.shape == b.shape and bool(np.all(a == b))
-
-
-def _length(ix: Index) -> int:
-    return ix.stop - ix.start if isinstance(ix, slice) else len(ix)
 
 
 class _Dot:
@@ -467,16 +472,21 @@ def _plan_elementwise(
         args: list[tuple[str, Any]] = []
         for i, is_u in enumerate(pattern):
             slots = (tape.a0 if i == 0 else tape.a1)[ks]
-            if is_u:
+            if is_u and len(set(slots.tolist())) == 1:
+                # one literal for the whole run (1.0 - x): a scalar, numpy's fast path
+                args.append(("uniform", int(slots[0])))
+            elif is_u:
                 args.append(("uniform", slots.reshape(-1, 1)))
             else:
-                args.append(("rows", _index([row(int(s)) for s in slots])))
+                args.append(("rows", _index([row(int(s)) for s in slots], broadcast=True)))
         if op.params:  # pow's exponent: one per instruction
-            args.append(("param", tape.p[ks].reshape(-1, 1).copy()))
+            ps = tape.p[ks]
+            args.append(("param", np.float64(ps[0]) if bool(np.all(ps == ps[0]))
+                         else ps.reshape(-1, 1).copy()))
         part_args.append((args, ks))
 
     def made(out_row: dict[int, int]) -> list[Any]:
-        return [_Elementwise(vop, args, _index([out_row[k] for k in ks]))
+        return [_Elementwise(vop, args, _index([out_row[k] for k in ks]), len(ks))
                 for args, ks in part_args]
 
     return order, made

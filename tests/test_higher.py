@@ -18,7 +18,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -592,15 +591,13 @@ def test_newton_example_converges(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.slow
-def test_newton_script_runs_in_seconds(tmp_path: Path) -> None:
+def test_newton_script_reaches_the_minimum(tmp_path: Path) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    t = time.perf_counter()
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "newton.py")],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert time.perf_counter() - t < 30
     rows = [ln.split() for ln in result.stdout.splitlines() if ln.strip().startswith("30 ")]
     assert rows and float(rows[0][1]) < 1e-20  # Newton at the minimum after 30 steps
