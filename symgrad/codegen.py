@@ -29,7 +29,7 @@ from .ops import OPS, format_literal
 
 __all__ = ["BACKENDS", "Layout", "Module", "instr_source", "kernel_source", "module_source"]
 
-BACKENDS = ("numba", "python", "tape")
+BACKENDS = ("numba", "python", "tape", "vector")
 
 # batch loops split the rows into this many chunks (fewer for small batches), each with its own
 # gradient accumulator, summed in chunk order: the result does not depend on the thread count

@@ -20,6 +20,7 @@ run time is an indexed load/op/store, with no per-graph JIT.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ from .codegen import IEEE_NUMPY, Layout, exec_source, jit_compile
 from .ir import Atom, Const, Func, Var
 from .ops import OPS
 
-__all__ = ["BLOCK", "Tape", "interpreter_source", "lower", "run", "run_layout"]
+__all__ = [
+    "BLOCK", "Tape", "interpreter_source", "lower", "run", "run_layout", "with_layout",
+]
 
 BLOCK = 32  # examples per block: the innermost loop's length
 OPCODES: dict[str, int] = {name: i for i, name in enumerate(sorted(OPS))}
@@ -549,45 +552,70 @@ def n_uniform(layout: Layout) -> int:
     return n
 
 
+Runner = Callable[[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray, bool], None]
+
+
 def run_layout(tape: Tape, layout: Layout, backend: str, batch: str | None,
                arrays: tuple[np.ndarray, ...]) -> None:
-    """Run `tape` with a kernel's calling convention (see `codegen.Layout`).
+    """Run `tape` on `backend` with a kernel's calling convention (see `with_layout`)."""
+    with_layout(layout, batch, arrays, len(tape.result_slots) - n_assigned(layout),
+                functools.partial(run, tape, backend))
+
+
+def with_layout(layout: Layout, batch: str | None, arrays: tuple[np.ndarray, ...],
+                n_acc: int, runner: Runner) -> None:
+    """Run a tape executor with a kernel's calling convention (see `codegen.Layout`).
 
     `arrays` are the kernel's arrays (batch None) or its batch loop's ("rows"/"sum"). Arguments
-    that are not per-row are broadcast over the block; results assigned per row must come before
-    accumulated ones in the layout, as they do for every kernel symgrad builds.
+    that are not per-row are broadcast over the rows; results assigned per row come before
+    accumulated ones, as in every kernel symgrad builds. `runner(params, X, n_out, values, acc,
+    per_row)` is `run` for one tape and backend (or another executor); `n_acc` is the number of
+    accumulated results.
     """
     n_args = len(layout.args)
     names = [nm for nm, _ in layout.args]
     if any(nm in layout.per_row for nm in names[: len(names) - len(layout.per_row)]):
         raise ValueError(f"per-row arguments must come last in a tape layout, got {names}")
     arg_arrays, res_arrays = arrays[:n_args], arrays[n_args:]
-    named = list(zip((nm for nm, _ in layout.args), arg_arrays, strict=True))
+    named = list(zip(names, arg_arrays, strict=True))
     fixed = [a.reshape(-1) for nm, a in named if nm not in layout.per_row]
     rows = [a for nm, a in named if nm in layout.per_row]
     if batch is None:
         rows = [r.reshape(1, -1) for r in rows]
     n = rows[0].shape[0] if rows else 1
-    params = np.concatenate(fixed) if fixed else np.zeros(0)
+    params = np.ascontiguousarray(np.concatenate(fixed)) if fixed else np.zeros(0)
     X = np.ascontiguousarray(np.hstack(rows)) if rows else np.zeros((n, 0))
-    assigned = [(nm, a) for (nm, _), a in zip(layout.results, res_arrays, strict=True)
-                if nm not in layout.accumulate]
-    accumulated = [(nm, a) for (nm, _), a in zip(layout.results, res_arrays, strict=True)
-                   if nm in layout.accumulate]
-    n_out = sum(int(np.prod(s)) for nm, s in layout.results if nm not in layout.accumulate)
-    n_acc = len(tape.result_slots) - n_out
+    pairs = list(zip(layout.results, res_arrays, strict=True))
+    assigned = [a for (nm, _), a in pairs if nm not in layout.accumulate]
+    accumulated = [a for (nm, _), a in pairs if nm in layout.accumulate]
+    n_out = n_assigned(layout)
     per_row = batch == "rows"
-    values = np.zeros((n, n_out))
-    acc = np.zeros((n if per_row else 1, n_acc))
-    run(tape, backend, params, X, n_out, values, acc, per_row)
+    lead = n if per_row else 1
+    # with one result array of each kind (as `Compiled` has) the executor writes into it
+    values = _direct(assigned, (n, n_out))
+    values = np.zeros((n, n_out)) if values is None else values
+    acc = _direct(accumulated, (lead, n_acc))
+    acc = np.zeros((lead, n_acc)) if acc is None else acc
+    runner(params, X, n_out, values, acc, per_row)
     col = 0
-    for _, a in assigned:
+    for a in assigned:
         width = a.size // n if batch is not None else a.size
-        a.reshape(n, width)[:] = values[:, col:col + width]
+        if not np.shares_memory(a, values):
+            a.reshape(n, width)[:] = values[:, col: col + width]
         col += width
     col = 0
-    for _, a in accumulated:
-        lead = n if per_row else 1
+    for a in accumulated:
         width = a.size // lead
-        a.reshape(lead, width)[:] += acc[:, col:col + width]
+        if not np.shares_memory(a, acc):
+            a.reshape(lead, width)[:] += acc[:, col: col + width]
         col += width
+
+
+def _direct(arrays: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray | None:
+    """The only array of `arrays` viewed as `shape`, when that is a view of float64 memory."""
+    if len(arrays) != 1:
+        return None
+    a = arrays[0]
+    if a.dtype != np.float64 or not a.flags.c_contiguous or a.size != shape[0] * shape[1]:
+        return None
+    return a.reshape(shape)

@@ -2,36 +2,40 @@
 
 Imports `ops`, `codegen` and `tape`. The Numba interpreter (`tape.run`) walks the tape one
 instruction at a time over blocks of 32 examples; its cost is per instruction and per block.
-This executor makes ONE NumPy call per run of the tape over many examples at a time (up to
+This executor makes one NumPy call per run of the tape over many examples at a time (up to
 `CHUNK` columns of a workspace ``work[row, example]``), which is what pays on wide models:
 
 1. elementwise runs gather their operand rows, apply the op's vectorised form (`vector_op`,
    derived from the op table's template) and write the output rows;
 2. a run of fused sums of products (`tape.DOT`) is split into groups of steps whose per-example
-   factors are the same rows (a dense layer: ``out[i] = sum_j W[i, j] * x[j]``); each group is
-   one matrix product ``W @ work[x rows]`` with W gathered from the parameters; terms that fit
-   no group (a bias, products of two per-example values, irregular steps) are added by gathers;
+   factors are the same rows (a dense layer: ``out[i] = b[i] + sum_j W[i, j] * x[j]``); each
+   group is one matrix product ``W @ work[x rows]`` with W gathered from the parameters (a bias
+   ``b * 1.0`` is a column of W times a row of ones); terms no product covers (products of two
+   per-example values, irregular steps) are summed by gathers, in the tape's order;
 3. gradients that are products summed over the examples (``Tape.result_b``) are grouped into
    blocks whose factor rows form a complete bipartite grid (every B row paired with every A
    row); each block is one product ``work[B] @ work[A].T`` over the chunk's examples.
 
 Parameters and literals are never broadcast over examples: they live in a vector ``u`` indexed
-by tape slot, and only the per-example values get workspace rows. Rows are given out again here
-(first fit, contiguous per run), so most gathers and writes are slices (views), not copies.
+by tape slot, and only per-example values get workspace rows. Rows are given out again here
+(first fit, contiguous per run, in operand order), so most gathers and writes are slices.
 
-Numerics: the ops are the same IEEE operations, but sums may be reordered (a matrix product adds
-its terms in its own order, gradients are summed per chunk and then over chunks), so results are
-NOT bit-identical to the interpreted engine or the Numba tape: they agree to about 1e-12
-relative on well-conditioned models. nan and inf propagate as there (a product never adds a term
-the tape does not have, so no ``0 * inf`` appears that the tape lacks), except that a sum that
-overflows only part way may overflow in one order and not the other; signed zeros of sums may
-differ (a product's sum starts at +0.0). numpy's SIMD tanh, exp, sin, ... may also differ from
-libm by an ulp. This is an explicit opt-in backend for that reason.
+Numerics: the ops are the same IEEE operations, but sums may be reordered: a matrix product
+adds its terms in its own order (starting from +0.0), gradients are summed per chunk, pairwise,
+then over chunks. So results are NOT bit-identical to the interpreted engine or the Numba tape:
+they agree to about 1e-12 relative on well-conditioned models. nan and inf appear where the
+tape has them (no product adds a term the tape does not have, so no ``0 * inf`` appears that
+the tape lacks), except where a sum overflows part way in one order and not in the other, or a
+-0.0 sum becomes +0.0 and is then divided by. Sums outside matrix products keep the tape's order
+and bits. numpy's SIMD exp, log, tanh, pow may differ from libm's (the engine's, Numba's) by a
+few ulps. This is an explicit opt-in backend for that reason.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
+import gc
 import itertools
 import threading
 import weakref
@@ -41,18 +45,24 @@ from typing import Any
 
 import numpy as np
 
+from . import tape as _tape
 from .codegen import Layout
 from .ops import OPS, OpDef
 from .tape import DOT, OPCODES, Tape
 
 __all__ = ["CHUNK", "MEMORY", "Plan", "VectorOp", "plan", "run", "run_layout", "vector_op"]
 
-CHUNK = 4096  # most examples per pass over the tape
+CHUNK = 2048  # most examples per pass over the tape (measured best of 512..4096)
 MIN_CHUNK = 64  # fewest examples per pass, whatever the memory estimate says
 MEMORY = 64 << 20  # bytes of workspace and temporaries one pass aims to stay under
 MAX_MATMULS = 16  # matrix products per DOT run; smaller groups go to the pooled gather path
 
 Index = slice | np.ndarray
+
+# static parameters (pow's exponents) numpy must not see as one number for a whole loop: its
+# fast path computes x ** 0.5 as sqrt(x), and sqrt(-0.0) = -0.0, sqrt(-inf) = nan where pow (the
+# tape's, the engine's) gives 0.0 and inf; the test of pow through the executor guards the rest
+SCALAR_UNSAFE = frozenset({0.5})
 
 
 # ---- vectorised forms of the op table --------------------------------------------------------
@@ -224,33 +234,51 @@ class _Rows:
 class _Elementwise:
     """One run (or the part of it with one pattern of per-example/uniform operands)."""
 
-    __slots__ = ("args", "fn", "out", "same", "temp", "ufunc", "upos")
+    __slots__ = ("fn", "getters", "inplace", "out", "take", "temp", "uargs", "ufunc")
 
     def __init__(self, vop: VectorOp, args: list[tuple[str, Any]], out: Index, k: int) -> None:
-        self.fn, self.ufunc, self.upos = vop.fn, vop.ufunc, vop.ufunc_args
-        # ("rows", row index), ("uniform", slots: (k, 1) or one int), ("param", column or float)
-        self.args = args
-        self.out = out
-        # x * x reads the same rows twice: gather once
-        self.same = len(args) > 1 and args[0][0] == args[1][0] == "rows" and _same(
-            args[0][1], args[1][1]
-        )
+        # args: ("rows", row index), ("uniform", slots (k, 1) or one slot), ("param", one
+        # number), ("param_array", (k, 1) column, made a whole array at run time)
+        self.fn, self.ufunc, self.out = vop.fn, vop.ufunc, out
+        self.getters: list[Callable[[np.ndarray, np.ndarray], Any]] = []
+        self.take: list[int] = []  # fn's i-th argument is getters[take[i]]'s value
+        for i, (kind, ix) in enumerate(args):
+            if i == 1 and kind == "rows" and args[0][0] == "rows" and _same(args[0][1], ix):
+                self.take.append(0)  # x * x reads the same rows twice: gather once
+                continue
+            self.take.append(len(self.getters))
+            self.getters.append(_getter(kind, ix, k))
+        self.uargs = [self.take[i] for i in vop.ufunc_args]
+        self.inplace = vop.ufunc is not None and isinstance(out, slice)
         self.temp = k * (sum(1 for a in args if a[0] == "rows" and not isinstance(a[1], slice))
-                         + (0 if isinstance(out, slice) and vop.ufunc else 1))
+                         + (0 if self.inplace else 1))
 
     def __call__(self, work: np.ndarray, u: np.ndarray) -> None:
-        vals = []
-        for i, (kind, ix) in enumerate(self.args):
-            if kind == "rows":
-                vals.append(vals[0] if (i == 1 and self.same) else work[ix])
-            elif kind == "uniform":
-                vals.append(u[ix])
-            else:  # a static parameter column
-                vals.append(ix)
-        if self.ufunc is not None and isinstance(self.out, slice):
-            self.ufunc(*[vals[i] for i in self.upos], out=work[self.out])
+        vals = [g(work, u) for g in self.getters]
+        if self.inplace:
+            self.ufunc(*[vals[j] for j in self.uargs], out=work[self.out])  # type: ignore
         else:
-            work[self.out] = self.fn(*vals)
+            work[self.out] = self.fn(*[vals[j] for j in self.take])
+
+
+def _getter(kind: str, ix: Any, k: int) -> Callable[[np.ndarray, np.ndarray], Any]:
+    if kind == "rows":
+        return lambda work, u: work[ix]
+    if kind == "uniform":
+        return lambda work, u: u[ix]
+    if kind == "param":  # one static parameter for the whole run: a scalar (numpy's fast paths)
+        return lambda work, u: ix
+
+    def param_array(work: np.ndarray, u: np.ndarray) -> np.ndarray:
+        full = np.empty((k, work.shape[1]))
+        full[...] = ix
+        return full
+
+    return param_array
+
+
+def _count(ix: Index) -> int:
+    return len(range(*ix.indices(1 << 62))) if isinstance(ix, slice) else len(ix)
 
 
 def _same(a: Index, b: Index) -> bool:
@@ -259,36 +287,97 @@ def _same(a: Index, b: Index) -> bool:
     return a.shape == b.shape and bool(np.all(a == b))
 
 
-class _Dot:
-    """A run of fused sums of products: matrix products, then the terms that fit none."""
+Factor = tuple[bool, int]  # (a workspace row?, the row or the uniform slot)
 
-    __slots__ = ("consts", "mats", "pool_rows", "pool_u", "temp", "zero")
+
+class _Factors:
+    """One factor of each of T terms: a workspace row, or a uniform value (``u[slot]``)."""
+
+    __slots__ = ("kind", "n", "rows", "rows_at", "slots", "slots_at")
+
+    def __init__(self, items: list[Factor]) -> None:
+        self.n = len(items)
+        r = [(i, x) for i, (is_row, x) in enumerate(items) if is_row]
+        q = [(i, x) for i, (is_row, x) in enumerate(items) if not is_row]
+        self.rows_at = np.array([i for i, _ in r], np.int64)
+        self.rows = _index([x for _, x in r])
+        self.slots_at = np.array([i for i, _ in q], np.int64)
+        self.slots = np.array([x for _, x in q], np.int64).reshape(-1, 1)
+        self.kind = "rows" if not q else "uniform" if not r else "mixed"
+
+    def get(self, work: np.ndarray, u: np.ndarray) -> np.ndarray:
+        if self.kind == "rows":
+            return work[self.rows]
+        if self.kind == "uniform":
+            return u[self.slots]  # (T, 1): broadcasts over the examples
+        out = np.empty((self.n, work.shape[1]))
+        out[self.rows_at] = work[self.rows]
+        out[self.slots_at] = u[self.slots]
+        return out
+
+
+class _Terms:
+    """Sums of products ``a_t * b_t`` over segments of terms, one segment per output row.
+
+    Steps are grouped by their number of terms L, so a group's products reshape to
+    ``(steps, L, examples)``; the sum starts from the first product and adds the next ones in
+    order, as the tape's DOT loop does: these sums are the tape's, bit for bit. (numpy's own
+    reductions may sum pairwise, and start from +0.0, which turns a -0.0 sum into +0.0.)
+    """
+
+    __slots__ = ("a", "assign", "b", "groups")
+
+    def __init__(self, terms: list[tuple[int, Factor, Factor]], out_row: dict[int, int],
+                 assign: bool) -> None:
+        by_step: dict[int, list[tuple[Factor, Factor]]] = {}
+        for k, fa, fb in terms:  # in the tape's order within each step
+            by_step.setdefault(k, []).append((fa, fb))
+        by_len: dict[int, list[int]] = {}
+        for k, ts in by_step.items():
+            by_len.setdefault(len(ts), []).append(k)
+        flat: list[tuple[Factor, Factor]] = []
+        self.groups: list[tuple[int, int, int, Index]] = []  # (first term, steps, L, out rows)
+        for length, ks in sorted(by_len.items()):
+            self.groups.append((len(flat), len(ks), length, _index([out_row[k] for k in ks])))
+            flat += [t for k in ks for t in by_step[k]]
+        self.a = _Factors([fa for fa, _ in flat])
+        self.b = _Factors([fb for _, fb in flat])
+        self.assign = assign
+
+    def __call__(self, work: np.ndarray, u: np.ndarray) -> None:
+        prod = self.a.get(work, u) * self.b.get(work, u)
+        for t0, n, length, out in self.groups:
+            q = prod[t0: t0 + n * length].reshape(n, length, -1)
+            s = q[:, 0].copy()
+            for j in range(1, length):
+                s += q[:, j]
+            if self.assign:
+                work[out] = s
+            else:
+                work[out] += s
+
+
+class _Dot:
+    """A run of fused sums of products: matrix products, then the terms no product covers."""
+
+    __slots__ = ("extra", "mats", "rest", "temp")
 
     def __init__(self) -> None:
         self.mats: list[tuple[np.ndarray, Index, slice]] = []  # (W slots, x rows, out rows)
-        self.zero: Index | None = None  # output rows no matrix product initialises
-        self.pool_u: tuple[Index, Index, np.ndarray, np.ndarray] | None = None
-        self.pool_rows: tuple[Index, Index, Index, np.ndarray] | None = None
-        self.consts: tuple[Index, np.ndarray, np.ndarray, np.ndarray, int] | None = None
+        self.extra: _Terms | None = None  # other terms of the steps in a matrix product
+        self.rest: _Terms | None = None  # steps in no matrix product
         self.temp = 0
 
     def __call__(self, work: np.ndarray, u: np.ndarray) -> None:
         for wslots, xrows, out in self.mats:
             np.matmul(u[wslots], work[xrows], out=work[out])
-        if self.zero is not None:
-            work[self.zero] = 0.0
-        if self.pool_u is not None:  # sum_t work[a_t] * u[b_t], per step (segments of terms)
-            out_rows, a, b, starts = self.pool_u
-            prod = work[a] * u[b]
-            work[out_rows] += np.add.reduceat(prod, starts, axis=0)
-        if self.pool_rows is not None:  # sum_t work[a_t] * work[b_t]
-            out_rows, a, b2, starts = self.pool_rows
-            prod = work[a] * work[b2]
-            work[out_rows] += np.add.reduceat(prod, starts, axis=0)
-        if self.consts is not None:  # terms of two parameters or literals (a bias times 1.0)
-            out_rows, ca, cb, seg, k = self.consts
-            c = np.bincount(seg, weights=u[ca] * u[cb], minlength=k)
-            work[out_rows] += c[:, None]
+        if self.extra is not None:
+            self.extra(work, u)
+        if self.rest is not None:
+            self.rest(work, u)
+
+
+_NONE = np.zeros(0, np.int64)
 
 
 @dataclass
@@ -298,19 +387,23 @@ class _Results:
     n_out: int
     n_acc: int
     # values: (columns, rows) and (columns, uniform slots)
-    val_rows: tuple[np.ndarray, Index] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    val_u: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    # accumulated results that are values: (acc columns, rows) and (acc columns, slots)
-    plain_rows: tuple[np.ndarray, Index] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    plain_u: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    val_rows: tuple[np.ndarray, Index] = (_NONE, _NONE)
+    val_u: tuple[np.ndarray, np.ndarray] = (_NONE, _NONE)
+    # accumulated results that are values: pieces (acc columns, rows), and (acc columns, slots)
+    plain_rows: list[tuple[np.ndarray, Index]] = field(default_factory=list)
+    plain_u: tuple[np.ndarray, np.ndarray] = (_NONE, _NONE)
     # products summed over examples: grid blocks (B rows, A rows, acc columns, flat picks)
     grids: list[tuple[Index, Index, np.ndarray, np.ndarray]] = field(default_factory=list)
     # products that fit no grid, by factor kinds: rows x rows, rows x uniform, uniform x uniform
-    prod_rr: tuple[np.ndarray, Index, Index] = (np.zeros(0, np.int64),) * 3  # type: ignore
-    prod_ru: tuple[np.ndarray, Index, np.ndarray] = (np.zeros(0, np.int64),) * 3  # type: ignore
-    prod_uu: tuple[np.ndarray, np.ndarray, np.ndarray] = (np.zeros(0, np.int64),) * 3  # type: ignore
-    # every product, rows x rows, for per-row mode (the others are prod_ru and prod_uu)
-    all_rr: tuple[np.ndarray, Index, Index] = (np.zeros(0, np.int64),) * 3  # type: ignore
+    # (acc columns, first factor, second factor); a uniform factor is slots, (n, 1) for rows
+    prod_rr: tuple[np.ndarray, Index, Index] = (_NONE, _NONE, _NONE)
+    prod_ru: tuple[np.ndarray, Index, np.ndarray] = (_NONE, _NONE, _NONE)
+    prod_uu: tuple[np.ndarray, np.ndarray, np.ndarray] = (_NONE, _NONE, _NONE)
+    # per-row mode, result-major: (kind, acc columns, a, b); kind "row": the results are rows
+    # a, "u": slots a, "rr" / "ru" / "uu": products of rows / row and slot / slots a and b,
+    # "grid": a grid block (B rows a, A rows b, columns: the strides (first, di, dj) when the
+    # block's results are evenly spaced, as a dense layer's weights are, else (gcols, picks))
+    per_row: list[tuple[str, Any, Any, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -320,14 +413,18 @@ class Plan:
     Attributes:
         n_rows: workspace rows (per-example values alive at once; parameters have none).
         x_rows: the rows the per-example arguments are written to (a slice, in X's order).
-        u_slots, u_fill: tape slots of the parameters then the literals (``u[u_slots]``).
+        ones_row: a row of 1.0 (biases are a column of a layer's matrix), or None.
+        n_slots: the tape's slots: the length of the uniform vector ``u``.
+        param_slots, const_slots, const_values: where parameters and literals go in ``u``.
         steps: callables ``step(work, u)``, in tape order.
         results: where results are read.
         temp_rows: the most rows of temporaries one step makes (for the memory estimate).
+        stats: counts for `describe` and tests (matrix products, grids, terms covered).
     """
 
     n_rows: int
     x_rows: slice
+    ones_row: int | None
     n_slots: int
     param_slots: np.ndarray
     const_slots: np.ndarray
@@ -340,8 +437,8 @@ class Plan:
     def chunk(self, per_row: bool) -> int:
         """Examples per pass: as many as fit in `MEMORY`, within [MIN_CHUNK, CHUNK]."""
         rows = self.n_rows + self.temp_rows + self.results.n_out
-        if per_row:  # the products, then their transpose into acc
-            rows += 2 * self.results.n_acc
+        if per_row:  # the gathered factors, their products, then the transpose into acc
+            rows += 4 * self.results.n_acc
         return int(min(CHUNK, max(MIN_CHUNK, MEMORY // (8 * max(rows, 1)))))
 
     def describe(self) -> str:
@@ -393,12 +490,18 @@ def _operand_vids(tape: Tape, uniform: np.ndarray, n_params: int) -> tuple[
 
 
 def _build(tape: Tape, n_params: int, n_out: int) -> Plan:
+    """Walk the runs in order, planning each and giving its outputs workspace rows."""
     uniform = np.zeros(tape.n_slots, bool)
     uniform[tape.arg_slots[:n_params]] = True
     uniform[tape.const_slots] = True
     reads, last, x_vids, end_vid = _operand_vids(tape, uniform, n_params)
     base = len(x_vids)
     rows = _Rows()
+    unit = {int(s) for s, v in zip(tape.const_slots, tape.const_values, strict=True)
+            if v == 1.0}
+    # a row of ones for the biases, just before the arguments' rows: a first layer's inputs
+    # and the ones are then one slice
+    ones_row = rows.alloc(1) if unit and bool(np.any(tape.runs[:, 0] == DOT)) else None
     row_of: dict[int, int] = {}  # vid -> row
     r0 = rows.alloc(len(x_vids))
     for i, v in enumerate(x_vids):
@@ -416,7 +519,7 @@ def _build(tape: Tape, n_params: int, n_out: int) -> Plan:
 
     for g, (opc, lo, hi) in enumerate(tape.runs.tolist()):
         if opc == DOT:
-            order, made = _plan_dot(tape, lo, hi, uniform, row, stats)
+            order, made = _plan_dot(tape, lo, hi, uniform, row, stats, unit, ones_row)
         else:
             order, made = _plan_elementwise(tape, names[opc], lo, hi, uniform, row)
         # outputs get a contiguous block BEFORE this run's dead operands are freed: no step
@@ -437,7 +540,7 @@ def _build(tape: Tape, n_params: int, n_out: int) -> Plan:
                 rows.free(row_of[base + k])
     results = _plan_results(tape, n_out, uniform, lambda s: row_of[end_vid[s]], stats)
     return Plan(
-        n_rows=max(len(rows), 1), x_rows=x_rows, n_slots=tape.n_slots,
+        n_rows=max(len(rows), 1), x_rows=x_rows, ones_row=ones_row, n_slots=tape.n_slots,
         param_slots=tape.arg_slots[:n_params].copy(), const_slots=tape.const_slots,
         const_values=tape.const_values, steps=steps, results=results, temp_rows=temp,
         stats=stats,
@@ -460,7 +563,9 @@ def _plan_elementwise(
 
     def operand_rows(k: int) -> tuple[int, ...]:
         ops = [int(tape.a0[k]), int(tape.a1[k])][: op.arity]
-        return tuple(row(s) for s in ops if not uniform[s])
+        # parameters' slots break ties: w[j] * ct (one ct row for all j) goes in j's order
+        return tuple(row(s) for s in ops if not uniform[s]) + tuple(
+            s for s in ops if uniform[s])
 
     # in the order of their operands' rows (the backward pass reads a layer's values in
     # reverse), so that operands are slices; this run's outputs are laid out in the same order
@@ -481,8 +586,10 @@ def _plan_elementwise(
                 args.append(("rows", _index([row(int(s)) for s in slots], broadcast=True)))
         if op.params:  # pow's exponent: one per instruction
             ps = tape.p[ks]
-            args.append(("param", np.float64(ps[0]) if bool(np.all(ps == ps[0]))
-                         else ps.reshape(-1, 1).copy()))
+            if bool(np.all(ps == ps[0])) and float(ps[0]) not in SCALAR_UNSAFE:
+                args.append(("param", np.float64(ps[0])))
+            else:
+                args.append(("param_array", ps.reshape(-1, 1).copy()))
         part_args.append((args, ks))
 
     def made(out_row: dict[int, int]) -> list[Any]:
@@ -494,34 +601,49 @@ def _plan_elementwise(
 
 def _plan_dot(
     tape: Tape, lo: int, hi: int, uniform: np.ndarray, row: Callable[[int], int],
-    stats: dict[str, int],
+    stats: dict[str, int], unit: set[int], ones_row: int | None,
 ) -> tuple[list[int], MadeSteps]:
-    """Group a DOT run's steps by their per-example factor rows: each group is ``W @ X``."""
+    """Group a DOT run's steps by their per-example factor rows: each group is ``W @ X``.
+
+    A bias term ``b * 1.0`` (`unit`: slots of the literal 1.0) of a step with per-example terms
+    becomes ``b * ones_row``, a column of W, instead of a separate broadcast addition. Steps in
+    no group keep all their terms, in the tape's order (`_Terms`).
+    """
+    terms: dict[int, list[tuple[Factor, Factor]]] = {}  # per step, in the tape's order
     mats: dict[int, list[tuple[int, int]]] = {}  # step -> [(row, uniform slot)]
-    pairs: dict[int, list[tuple[int, int]]] = {}
-    consts: dict[int, list[tuple[int, int]]] = {}
+    others: dict[int, list[tuple[Factor, Factor]]] = {}  # the terms not in mats
     groups: dict[tuple[int, ...], list[int]] = {}
     for k in range(lo, hi):
-        m, pr, c = [], [], []
+        ts, m, o = [], [], []
         for t in range(int(tape.a0[k]), int(tape.a1[k])):
-            a, b = int(tape.ta[t]), int(tape.tb[t])
-            if uniform[a] and uniform[b]:
-                c.append((a, b))
-            elif uniform[a]:
-                m.append((row(b), a))
-            elif uniform[b]:
-                m.append((row(a), b))
+            fa = (not uniform[tape.ta[t]], int(tape.ta[t]))
+            fb = (not uniform[tape.tb[t]], int(tape.tb[t]))
+            fa, fb = [(True, row(x)) if is_row else (False, x) for is_row, x in (fa, fb)]
+            if fb[0] and not fa[0]:
+                fa, fb = fb, fa  # products commute exactly: the per-example factor first
+            ts.append((fa, fb))
+            if fa[0] and not fb[0]:
+                m.append((fa[1], fb[1]))
             else:
-                pr.append((row(a), row(b)))
+                o.append((fa, fb))
+        if m and ones_row is not None:
+            for i, (fa, fb) in enumerate(o):
+                if not fa[0] and not fb[0] and (fa[1] in unit or fb[1] in unit):
+                    # b * 1.0 == b * ones exactly, inf and nan too
+                    m.append((ones_row, fa[1] if fb[1] in unit else fb[1]))
+                    del o[i]
+                    break
         m.sort(key=lambda rs: rs[0])  # stable: duplicate rows keep their order
-        mats[k], pairs[k], consts[k] = m, pr, c
-        stats["terms"] += int(tape.a1[k] - tape.a0[k])
+        terms[k], mats[k], others[k] = ts, m, o
+        stats["terms"] += len(ts)
         if m:
             groups.setdefault(tuple(r for r, _ in m), []).append(k)
-    # the biggest groups become matrix products; the rest are pooled gathers
+    # the biggest groups become matrix products; the other steps are pooled gathers
     ranked = sorted(groups.items(), key=lambda kv: -len(kv[0]) * len(kv[1]))
     products = [(key, ks) for key, ks in ranked if len(ks) >= 2 or len(key) >= 8]
     products = products[:MAX_MATMULS]
+    for _, ks in products:  # by their parameters' slots: neuron order, forward and backward
+        ks.sort(key=lambda k: [s for _, s in mats[k]])
     in_product = {k for _, ks in products for k in ks}
     order = [k for _, ks in products for k in ks] + [
         k for k in range(lo, hi) if k not in in_product
@@ -530,61 +652,57 @@ def _plan_dot(
     def made(out_row: dict[int, int]) -> list[Any]:
         step = _Dot()
         temp = 0
+        extra: list[tuple[int, Factor, Factor]] = []
+        unit_slot = min(unit) if unit else -1
         for key, ks in products:
             w = np.array([[s for _, s in mats[k]] for k in ks], np.int64)
             xr = _index(list(key))
+            if ones_row in key and not isinstance(xr, slice):
+                j = key.index(ones_row)
+                rest_key = key[:j] + key[j + 1:]
+                if isinstance(_index(list(rest_key)), slice) and 2 * len(ks) < len(key):
+                    # few outputs, many inputs: adding the bias beats copying the inputs
+                    extra += [(k, (False, int(b)), (False, unit_slot))
+                              for k, b in zip(ks, w[:, j], strict=True)]
+                    w = np.delete(w, j, axis=1)
+                    xr = _index(list(rest_key))
             out = _index([out_row[k] for k in ks])
             assert isinstance(out, slice)  # a group's outputs were allocated together
             step.mats.append((w, xr, out))
             temp = max(temp, 0 if isinstance(xr, slice) else len(key))
             stats["matmuls"] += 1
             stats["matmul_terms"] += w.size
-        rest = [k for k in order if k not in in_product]
+        extra += [(k, fa, fb) for k in sorted(in_product) for fa, fb in others[k]]
+        if extra:
+            extra.sort(key=lambda t: t[0])  # stable
+            step.extra = _Terms(extra, out_row, assign=False)
+            temp = max(temp, 3 * len(extra))
+        rest = [(k, fa, fb) for k in order if k not in in_product for fa, fb in terms[k]]
         if rest:
-            step.zero = _index([out_row[k] for k in rest])
-        pu = [(k, m) for k in rest for m in mats[k]]
-        if pu:
-            seg_rows, a, b, starts = _segments(pu, out_row)
-            step.pool_u = (seg_rows, _index(a), np.array(b, np.int64).reshape(-1, 1), starts)
-            temp = max(temp, 2 * len(a))
-        pp = [(k, p) for k in range(lo, hi) for p in pairs[k]]
-        if pp:
-            seg_rows, a, b, starts = _segments(pp, out_row)
-            step.pool_rows = (seg_rows, _index(a), _index(b), starts)
-            temp = max(temp, 3 * len(a))
-        cc = [(k, c) for k in range(lo, hi) for c in consts[k]]
-        if cc:
-            ks = sorted({k for k, _ in cc})
-            local = {k: i for i, k in enumerate(ks)}
-            step.consts = (
-                _index([out_row[k] for k in ks]),
-                np.array([c[0] for _, c in cc], np.int64),
-                np.array([c[1] for _, c in cc], np.int64),
-                np.array([local[k] for k, _ in cc], np.int64),
-                len(ks),
-            )
+            step.rest = _Terms(rest, out_row, assign=True)
+            temp = max(temp, 3 * len(rest))
         step.temp = temp + (hi - lo)
         return [step]
 
     return order, made
 
 
-def _segments(
-    terms: list[tuple[int, tuple[int, int]]], out_row: dict[int, int]
-) -> tuple[Index, list[int], list[int], np.ndarray]:
-    """Terms ordered by step -> (each step's output row, first factors, second factors,
-    where each step's terms start), for ``np.add.reduceat``."""
-    seg_rows: list[int] = []
-    starts: list[int] = []
-    prev = None
-    for i, (k, _) in enumerate(terms):
-        if k != prev:
-            seg_rows.append(out_row[k])
-            starts.append(i)
-            prev = k
-    a = [x for _, (x, _) in terms]
-    b = [y for _, (_, y) in terms]
-    return _index(seg_rows), a, b, np.array(starts, np.int64)
+def _pieces(cols: np.ndarray, rows: Index, min_len: int = 8) -> list[tuple[np.ndarray, Index]]:
+    """Split rows into slices of consecutive rows (views) and one index array for the rest."""
+    if isinstance(rows, slice):
+        return [(cols, rows)] if len(cols) else []
+    order = np.argsort(rows, kind="stable")
+    cols, rows = cols[order], rows[order]
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    out, rest = [], []
+    for c, r in zip(np.split(cols, cuts), np.split(rows, cuts), strict=True):
+        if len(r) >= min_len:
+            out.append((c, slice(int(r[0]), int(r[-1]) + 1)))
+        else:
+            rest.append((c, r))
+    if rest:
+        out.append((np.concatenate([c for c, _ in rest]), np.concatenate([r for _, r in rest])))
+    return out
 
 
 def _plan_results(
@@ -606,7 +724,8 @@ def _plan_results(
 
     res.val_rows, res.val_u = split(list(range(n_out)), slots[:n_out])
     plain = [k - n_out for k in range(n_out, len(slots)) if bs[k] < 0]
-    res.plain_rows, res.plain_u = split(plain, [slots[c + n_out] for c in plain])
+    (pc, pr), res.plain_u = split(plain, [slots[c + n_out] for c in plain])
+    res.plain_rows = _pieces(pc, pr)
 
     prods = [(k - n_out, slots[k], bs[k]) for k in range(n_out, len(slots)) if bs[k] >= 0]
     stats["products"] = len(prods)
@@ -615,8 +734,6 @@ def _plan_results(
     b_u = np.array([bool(uniform[b]) for _, _, b in prods], bool)
     a_ix = np.array([a if uniform[a] else row(a) for _, a, _ in prods], np.int64)
     b_ix = np.array([b if uniform[b] else row(b) for _, _, b in prods], np.int64)
-    rr = np.flatnonzero(~a_u & ~b_u)
-    res.all_rr = (cols[rr], _index(a_ix[rr]), _index(b_ix[rr]))
 
     # grids: rows grouped by their set of partners; each group G with partners P is the block
     # G x P, kept if most of its entries are products still to compute
@@ -664,7 +781,36 @@ def _plan_results(
     res.prod_ru = (cols[ru], _index(r_ix), u_ix.reshape(-1, 1))
     uu = np.flatnonzero(a_u & b_u)
     res.prod_uu = (cols[uu], a_ix[uu], b_ix[uu])
+    res.per_row = [("row", c, ix, None) for c, ix in res.plain_rows]
+    if len(res.plain_u[0]):
+        res.per_row.append(("u", res.plain_u[0], res.plain_u[1].reshape(-1, 1), None))
+    for b_rows, a_rows, gcols, picks in res.grids:
+        res.per_row.append(("grid", _strides(gcols, picks, b_rows, a_rows), b_rows, a_rows))
+    if len(left):
+        res.per_row.append(("rr", cols[left], _index(a_ix[left]), _index(b_ix[left])))
+    if len(ru):
+        res.per_row.append(("ru", cols[ru], _index(r_ix), u_ix.reshape(-1, 1)))
+    if len(uu):
+        res.per_row.append(("uu", cols[uu], a_ix[uu].reshape(-1, 1), b_ix[uu].reshape(-1, 1)))
     return res
+
+
+def _strides(gcols: np.ndarray, picks: np.ndarray, b_rows: Index, a_rows: Index) -> Any:
+    """``(first, di, dj)`` when grid entry (i, j) is result ``first + i*di + j*dj`` for every
+    entry, each once (a dense layer's weights, bias columns in between), else (gcols, picks)."""
+    nb_, na_ = _count(b_rows), _count(a_rows)
+    if len(picks) != nb_ * na_ or len(np.unique(picks)) != len(picks):
+        return gcols, picks
+    c = np.empty(nb_ * na_, np.int64)
+    c[picks] = gcols
+    c = c.reshape(nb_, na_)
+    di = int(c[1, 0] - c[0, 0]) if nb_ > 1 else 0
+    dj = int(c[0, 1] - c[0, 0]) if na_ > 1 else 0
+    first = int(c[0, 0])
+    want = first + di * np.arange(nb_)[:, None] + dj * np.arange(na_)[None, :]
+    if di < 0 or dj < 0 or not np.array_equal(c, want):
+        return gcols, picks
+    return first, di, dj
 
 
 _plans: dict[tuple[int, int, int], tuple[weakref.ref[Tape], Plan]] = {}
@@ -678,7 +824,15 @@ def plan(tape: Tape, n_params: int, n_out: int) -> Plan:
         hit = _plans.get(key)
         if hit is not None and hit[0]() is tape:
             return hit[1]
-    pl = _build(tape, n_params, n_out)
+    # building allocates many small objects and no cycles: collections triggered by them
+    # (in a process holding a large Value graph) cost ten times the build itself
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        pl = _build(tape, n_params, n_out)
+    finally:
+        if was:
+            gc.enable()
     with _plans_lock:
         for k in [k for k, (ref, _) in _plans.items() if ref() is None]:
             del _plans[k]  # tapes that are gone
@@ -718,6 +872,8 @@ def run(tape: Tape, params: np.ndarray, X: np.ndarray, n_out: int, values: np.nd
             if work.shape != (pl.n_rows, nb):
                 work = np.empty((pl.n_rows, nb))
             work[pl.x_rows] = X[start:stop].T
+            if pl.ones_row is not None:
+                work[pl.ones_row] = 1.0
             for step in pl.steps:
                 step(work, u)
             _finish(pl.results, work, u, start, stop, values, acc, per_row)
@@ -736,24 +892,37 @@ def _finish(r: _Results, work: np.ndarray, u: np.ndarray, start: int, stop: int,
     if r.n_acc == 0:
         return
     if per_row:
-        t = np.zeros((r.n_acc, nb))
-        cols, ix = r.plain_rows
-        t[cols] = work[ix]
-        cols, us = r.plain_u
-        t[cols] = u[us][:, None]
-        cols, a, b = r.all_rr
-        if len(cols):
-            t[cols] = work[a] * work[b]
-        cols, a, us2 = r.prod_ru
-        if len(cols):
-            t[cols] = work[a] * u[us2]
-        cols, ua, ub = r.prod_uu
-        t[cols] = (u[ua] * u[ub])[:, None]
-        acc[start:stop] += t.T
+        # result-major first (whole workspace rows, contiguous), then one blocked transpose
+        t = np.empty((r.n_acc, nb))
+        for kind, cols, a, b in r.per_row:
+            if kind == "grid":
+                prod = (work[a][:, None, :], work[b][None, :, :])
+                if len(cols) == 3:  # evenly spaced results: write them through a strided view
+                    first, di, dj = cols
+                    step = t.strides[0]
+                    view = np.lib.stride_tricks.as_strided(
+                        t[first:], (prod[0].shape[0], prod[1].shape[1], nb),
+                        (di * step, dj * step, t.strides[1]))
+                    np.multiply(*prod, out=view)
+                else:
+                    gcols, picks = cols
+                    t[gcols] = np.multiply(*prod).reshape(-1, nb)[picks]
+            elif kind == "row":
+                t[cols] = work[a]
+            elif kind == "u":
+                t[cols] = u[a]
+            elif kind == "rr":
+                t[cols] = work[a] * work[b]
+            elif kind == "ru":
+                t[cols] = work[a] * u[b]
+            else:
+                t[cols] = u[a] * u[b]
+        blk = acc[start:stop]
+        for c in range(0, r.n_acc, 256):  # in tiles: a plain transposed add is cache-hostile
+            blk[:, c: c + 256] += t[c: c + 256].T
         return
     tot = np.zeros(r.n_acc)
-    cols, ix = r.plain_rows
-    if len(cols):
+    for cols, ix in r.plain_rows:
         tot[cols] = work[ix].sum(axis=1)
     cols, us = r.plain_u
     tot[cols] = u[us] * nb
@@ -772,39 +941,6 @@ def _finish(r: _Results, work: np.ndarray, u: np.ndarray, start: int, stop: int,
 
 def run_layout(tape: Tape, layout: Layout, batch: str | None,
                arrays: tuple[np.ndarray, ...]) -> None:
-    """`tape.run_layout` for this executor: a kernel's (or batch loop's) arrays in and out.
-
-    `arrays` are the kernel's arrays (batch None) or its batch loop's ("rows"/"sum").
-    """
-    n_args = len(layout.args)
-    names = [nm for nm, _ in layout.args]
-    if any(nm in layout.per_row for nm in names[: len(names) - len(layout.per_row)]):
-        raise ValueError(f"per-row arguments must come last in a tape layout, got {names}")
-    arg_arrays, res_arrays = arrays[:n_args], arrays[n_args:]
-    named = list(zip(names, arg_arrays, strict=True))
-    fixed = [a.reshape(-1) for nm, a in named if nm not in layout.per_row]
-    rows = [a for nm, a in named if nm in layout.per_row]
-    if batch is None:
-        rows = [r.reshape(1, -1) for r in rows]
-    n = rows[0].shape[0] if rows else 1
-    params = np.ascontiguousarray(np.concatenate(fixed)) if fixed else np.zeros(0)
-    X = np.ascontiguousarray(np.hstack(rows)) if rows else np.zeros((n, 0))
-    pairs = list(zip(layout.results, res_arrays, strict=True))
-    assigned = [a for (nm, _), a in pairs if nm not in layout.accumulate]
-    accumulated = [a for (nm, _), a in pairs if nm in layout.accumulate]
-    n_out = sum(int(np.prod(s)) for nm, s in layout.results if nm not in layout.accumulate)
-    per_row = batch == "rows"
-    values = np.zeros((n, n_out))
-    acc = np.zeros((n if per_row else 1, len(tape.result_slots) - n_out))
-    run(tape, params, X, n_out, values, acc, per_row)
-    col = 0
-    for a in assigned:
-        width = a.size // n if batch is not None else a.size
-        a.reshape(n, width)[:] = values[:, col: col + width]
-        col += width
-    col = 0
-    lead = n if per_row else 1
-    for a in accumulated:
-        width = a.size // lead
-        a.reshape(lead, width)[:] += acc[:, col: col + width]
-        col += width
+    """`tape.run_layout` with this executor: a kernel's (or batch loop's) arrays in and out."""
+    n_acc = len(tape.result_slots) - _tape.n_assigned(layout)
+    _tape.with_layout(layout, batch, arrays, n_acc, functools.partial(run, tape))
