@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -109,15 +111,30 @@ def front_end(
 
 def back_end(func: Func, stats: dict[str, Any], optimize: bool) -> Func:
     """Run the passes (when `optimize`), recording instruction counts and seconds in `stats`."""
+    if debug_level() >= 1:
+        _debug(f"before the passes ({len(func.body)} instructions)", func)
     if optimize:
         t = time.perf_counter()
-        func, log = run_passes(func)
+        hook = (lambda name, f: _debug(f"after {name}", f)) if debug_level() >= 1 else None
+        func, log = run_passes(func, on_pass=hook)
         for pname, n, _sec in log:
             stats["nodes"].setdefault(pname, n)  # after the first round of each pass
         stats["passes"] = log
         stats["seconds"]["passes"] = time.perf_counter() - t
     stats["nodes"]["final"] = len(func.body)
     return verify(func)
+
+
+def debug_level() -> int:
+    """``SYMGRAD_DEBUG``: 1 prints the IR after every pass, 2 also the generated source."""
+    try:
+        return int(os.environ.get("SYMGRAD_DEBUG", "0"))
+    except ValueError:
+        return 0
+
+
+def _debug(title: str, text: object) -> None:
+    print(f"# symgrad: {title}\n{text}\n", file=sys.stderr)
 
 
 def _stage(stats: dict[str, Any], stage: str, func: Func, t0: float) -> None:
@@ -202,6 +219,8 @@ class Program:
             )
             self.source = codegen.module_source(header, kernels)
         stats["seconds"]["codegen"] = time.perf_counter() - t
+        if debug_level() >= 2:
+            _debug(f"generated source of {self.name} ({self.lowering})", self.source)
         t = time.perf_counter()
         before = codegen.CACHE_EVENTS.copy()
         if self.lowering == "tape":

@@ -79,25 +79,36 @@ PASSES: dict[str, Callable[[Func], Func]] = {
 }
 
 
-def optimize(func: Func, max_rounds: int = 4) -> tuple[Func, list[tuple[str, int, float]]]:
+def optimize(
+    func: Func, max_rounds: int = 4, on_pass: Callable[[str, Func], None] | None = None
+) -> tuple[Func, list[tuple[str, int, float]]]:
     """Run fold, simplify, CSE and DCE until the instruction count stops falling.
 
     The first round runs each pass on its own, so the log shows what each one removed; later
     rounds replay once with all three features on (the same rewrites, a third of the work).
 
+    Args:
+        func: the function to optimise.
+        max_rounds: at most this many rounds.
+        on_pass: called as ``on_pass(pass name, func after it)`` (``SYMGRAD_DEBUG`` uses it).
     Returns:
         the optimised function and a log of ``(pass name, instructions after, seconds)``.
     """
     log: list[tuple[str, int, float]] = []
+
+    def done(name: str, f: Func, t: float) -> Func:
+        log.append((name, len(f.body), time.perf_counter() - t))
+        if on_pass is not None:
+            on_pass(name, f)
+        return f
+
     for name, p in PASSES.items():
         t = time.perf_counter()
-        func = p(func)
-        log.append((name, len(func.body), time.perf_counter() - t))
+        func = done(name, p(func), t)
     for _ in range(max_rounds - 1):
         before = len(func.body)
         t = time.perf_counter()
-        func = dce(replay(func, fold=True, cse=True, rewrite=True))
-        log.append(("all", len(func.body), time.perf_counter() - t))
+        func = done("all", dce(replay(func, fold=True, cse=True, rewrite=True)), t)
         if len(func.body) >= before:
             break
     return func, log
