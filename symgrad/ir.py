@@ -380,8 +380,8 @@ def names(func: Func) -> dict[Var, str]:
 
 
 def atom_text(a: Atom, nm: dict[Var, str]) -> str:
-    """An atom as printed in the IR and in generated source."""
-    return format_literal(a.value) if isinstance(a, Const) else nm.get(a, repr(a))
+    """An atom as printed in the IR and in generated source (``_``: a Var no longer there)."""
+    return format_literal(a.value) if isinstance(a, Const) else nm.get(a, "_")
 
 
 def instr_text(ins: Instr, nm: dict[Var, str]) -> str:

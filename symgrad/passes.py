@@ -34,7 +34,7 @@ def replay(func: Func, *, fold: bool = False, cse: bool = False, rewrite: bool =
             o = ins.origin
             # provenance for printing only: map what still maps, keep the rest as it was
             b.origin = Instr(
-                _as_var(env.get(o.out, o.out), o.out), o.op,
+                _same_op(b, env.get(o.out, o.out), o), o.op,
                 tuple(env.get(a, a) if isinstance(a, Var) else a for a in o.args), o.params,
             )
         else:
@@ -44,8 +44,11 @@ def replay(func: Func, *, fold: bool = False, cse: bool = False, rewrite: bool =
     return b.build(func.name, [sub(r) for r in func.results])
 
 
-def _as_var(a: Atom, fallback: Var) -> Var:
-    return a if isinstance(a, Var) else fallback
+def _same_op(b: Builder, a: Atom, origin: Instr) -> Var:
+    """What the origin's result became, if it is still an instruction of that op; else the old
+    Var, which prints as ``_`` (the forward instruction was folded or simplified away)."""
+    d = b.defs.get(a) if isinstance(a, Var) else None
+    return a if d is not None and d.op == origin.op and isinstance(a, Var) else origin.out
 
 
 def fold(func: Func) -> Func:
