@@ -1,7 +1,7 @@
 """Graphviz drawings of `Value` graphs in the lecture's look: a record per value, a node per op.
 
-Imports `symgrad.engine`, and graphviz lazily (the only module that uses it), so `import symgrad`
-stays light and works without graphviz's `dot` program.
+Imports `symgrad.engine` and `symgrad.trace`, and graphviz lazily (the only module that uses
+it), so `import symgrad` stays light and works without graphviz's `dot` program.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .engine import Value, topological_order
+from .trace import as_outputs
 
 if TYPE_CHECKING:
     import graphviz
@@ -40,20 +41,6 @@ def _escape(text: str, special: frozenset[str]) -> str:
     return "".join(out)
 
 
-def _roots(root: Value | Iterable[Value]) -> list[Value]:
-    if isinstance(root, Value):
-        return [root]
-    if isinstance(root, (str, bytes)) or not isinstance(root, Iterable):
-        raise TypeError(
-            f"draw_dot: expected a Value or a list of Values, got {type(root).__name__}"
-        )
-    roots = list(root)
-    for i, r in enumerate(roots):
-        if not isinstance(r, Value):
-            raise TypeError(f"draw_dot: root {i} is {type(r).__name__}, expected a Value")
-    return roots
-
-
 def draw_dot(
     root: Value | Iterable[Value], rankdir: str = "LR", format: str = "svg"
 ) -> graphviz.Digraph:
@@ -75,7 +62,7 @@ def draw_dot(
     """
     import graphviz
 
-    nodes = topological_order(_roots(root))
+    nodes = topological_order(as_outputs(root, "draw_dot: root"))
     index = {id(n): i for i, n in enumerate(nodes)}
     dot = graphviz.Digraph(format=format, graph_attr={"rankdir": rankdir})
     for i, n in enumerate(nodes):
