@@ -9,7 +9,7 @@ from .engine import Value
 from .higher import hessian, hvp, jvp
 from .ops import COS, EXP, LOG, OPS, RELU, SIGMOID, SIN, TANH
 from .symbolic import CheckResult, GradientMismatch, check, to_sympy
-from .viz import draw_dot
+from .viz import draw_dot, draw_ir
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,7 @@ __all__ = [
     "compile",
     "cos",
     "draw_dot",
+    "draw_ir",
     "exp",
     "hessian",
     "hvp",

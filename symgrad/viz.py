@@ -1,6 +1,6 @@
 """Graphviz drawings of `Value` graphs in the lecture's look: a record per value, a node per op.
 
-Imports `symgrad.engine` and `symgrad.trace`, and graphviz lazily (the only module that uses
+Imports `symgrad.engine`, `ir` and `trace`, and graphviz lazily (the only module that uses
 it), so `import symgrad` stays light and works without graphviz's `dot` program.
 """
 
@@ -10,15 +10,16 @@ import shutil
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .engine import Value, topological_order
+from .ir import Func, Var, atom_text, names
 from .trace import as_outputs
 
 if TYPE_CHECKING:
     import graphviz
 
-__all__ = ["draw_dot", "render"]
+__all__ = ["draw_dot", "draw_ir", "render"]
 
 # characters with a meaning inside a record label (fields, ports, quoting, escapes)
 _RECORD_SPECIAL = frozenset('{}|<>"\\')
@@ -76,6 +77,49 @@ def draw_dot(
             dot.edge(f"op{i}", f"v{i}")
             for child in n._prev:
                 dot.edge(f"v{index[id(child)]}", f"op{i}")
+    return dot
+
+
+def draw_ir(func: Func | Any, rankdir: str = "LR", format: str = "svg") -> graphviz.Digraph:
+    """Draw an IR function (or a compiled object's ``.ir``): what the compiler did, as a graph.
+
+    Arguments are boxes, each instruction an ellipse ``name = op`` with edges from its operands
+    in order (literals written on the edge), derivative instructions shaded, and the results
+    marked ``return k``. Names are those of the printed IR, so the drawing and ``print(f.ir)``
+    can be read side by side.
+
+    Args:
+        func: an `ir.Func`, or anything with an ``.ir`` attribute holding one (``sg.compile``'s
+            result).
+        rankdir, format: as for `draw_dot`.
+    """
+    import graphviz
+
+    f = getattr(func, "ir", func)
+    if not isinstance(f, Func):
+        raise TypeError(f"draw_ir: expected an IR Func or a compiled function, got "
+                        f"{type(func).__name__}")
+    nm = names(f)
+    dot = graphviz.Digraph(format=format, graph_attr={"rankdir": rankdir})
+    for a in f.args:
+        dot.node(nm[a], nm[a], shape="box")
+    for ins in f.body:
+        params = "".join(f" {k}={v:g}" for k, v in ins.param_dict().items())
+        style = {"style": "filled", "fillcolor": "lightgrey"} if ins.origin is not None else {}
+        dot.node(nm[ins.out], f"{nm[ins.out]} = {ins.op}{params}", **style)
+        for i, a in enumerate(ins.args):
+            if isinstance(a, Var):
+                dot.edge(nm[a], nm[ins.out], label=str(i) if len(ins.args) > 1 else "")
+            else:
+                lit = f"lit{nm[ins.out]}_{i}"
+                dot.node(lit, atom_text(a, nm), shape="plaintext")
+                dot.edge(lit, nm[ins.out])
+    for k, r in enumerate(f.results):
+        dot.node(f"return{k}", f"return {k}", shape="plaintext")
+        src = nm[r] if isinstance(r, Var) else f"litreturn{k}"
+        if not isinstance(r, Var):
+            dot.node(src, atom_text(r, nm), shape="plaintext")
+        dot.edge(src, f"return{k}")
     return dot
 
 

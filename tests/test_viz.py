@@ -193,3 +193,28 @@ def test_render_falls_back_when_dot_cannot_run(
         out = render(draw_dot(d), tmp_path / "d.svg")
     assert out == tmp_path / "d.dot" and out.exists()
     assert any(issubclass(w.category, RuntimeWarning) for w in caught)
+
+
+def test_draw_ir_mirrors_the_printed_ir() -> None:
+    import symgrad as sg
+
+    x, w = sg.Value(2.0, label="x"), sg.Value(-3.0, label='w"}')
+    o = (x * w + 1.0).tanh()
+    o.label = "o"
+    f = sg.compile(o, wrt=[w], inputs=[x], backend="python")
+    dot = sg.draw_ir(f)
+    src = dot.source
+    text = str(f.ir)
+    # every instruction of the printed IR is a node "name = op", derivative lines shaded
+    for ins in f.ir.body:
+        line = next(ln for ln in text.splitlines() if f"= {ins.op}(" in ln)
+        name = line.split("=")[0].strip()
+        assert f"{name} = {ins.op}" in src
+    assert src.count("fillcolor=lightgrey") == sum(i.origin is not None for i in f.ir.body)
+    assert "return 0" in src and "return 1" in src
+    assert 'w"}' not in src  # labels reach the drawing only as sanitised names
+    assert sg.draw_ir(f.ir).source == src
+    with pytest.raises(TypeError, match="draw_ir"):
+        sg.draw_ir("not a function")
+    if shutil.which("dot"):
+        assert dot.pipe(format="svg").startswith(b"<?xml")
