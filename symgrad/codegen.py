@@ -36,7 +36,7 @@ BACKENDS = ("numba", "python", "tape", "vector")
 N_CHUNKS = 64
 
 # batches with at least this many rows run on all cores (numba backend)
-PARALLEL_ROWS = 2048
+PARALLEL_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -121,9 +121,17 @@ def batch_source(kernel: str, layout: Layout) -> str:
     """Batch loops over rows for `kernel`: ``_rows`` and, given accumulators, ``_sum``.
 
     Per-row argument arrays become 2-D (row i is ``X[i]``), assigned results gain a leading row
-    axis, accumulated results are summed over rows (``_sum``, chunked and parallel) or kept per
-    row (``_rows``). ``prange`` is numba's parallel range, or plain ``range`` in Python.
+    axis, accumulated results are summed over rows (``_sum``, chunked) or kept per row
+    (``_rows``). Each loop comes twice: with ``range``, and as ``..._parallel`` with numba's
+    ``prange`` (distinct functions, so Numba's disk cache never serves one for the other).
     """
+    return "\n\n".join(
+        _batch_loops(kernel, layout, suffix, rng)
+        for suffix, rng in (("", "range"), ("_parallel", "prange"))
+    )
+
+
+def _batch_loops(kernel: str, layout: Layout, suffix: str, rng: str) -> str:
     arrs = layout.arrays()
     acc = [r for r, _ in layout.results if r in layout.accumulate]
     shapes = dict(layout.results)
@@ -141,20 +149,20 @@ def batch_source(kernel: str, layout: Layout) -> str:
 
     first = next(a for a in arrs if a in layout.per_row or a in shapes)
     sig = ", ".join(arrs)
-    lines = [f"def {kernel}_rows({sig}):"]
-    lines.append(f"    for i in prange({first}.shape[0]):")
+    lines = [f"def {kernel}_rows{suffix}({sig}):"]
+    lines.append(f"    for i in {rng}({first}.shape[0]):")
     lines.append(f"        {call('i', lambda a: f'{a}[i]')}")
     if not acc:
         return "\n".join(lines) + "\n"
     lines.append("")
     lines.append("")
-    lines.append(f"def {kernel}_sum({sig}):")
+    lines.append(f"def {kernel}_sum{suffix}({sig}):")
     lines.append(f"    n = {first}.shape[0]")
     lines.append(f"    n_chunks = min(n, {N_CHUNKS})")
     for a in acc:
         dims = ", ".join(["n_chunks"] + [str(d) for d in shapes[a]])
         lines.append(f"    {a}_chunks = np.zeros(({dims}))")
-    lines.append("    for c in prange(n_chunks):")
+    lines.append(f"    for c in {rng}(n_chunks):")
     lines.append("        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):")
     lines.append(f"            {call('i', lambda a: f'{a}_chunks[c]')}")
     lines.append("    for c in range(n_chunks):  # in chunk order: deterministic")
@@ -215,6 +223,7 @@ def exec_source(source: str, name: str, extra: dict[str, Any] | None = None) -> 
         filename = f"<symgrad:{name}:{next(_counter)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace: dict[str, Any] = {"__name__": "symgrad._generated", "np": np, "prange": range}
+    # (prange is numba's in jitted modules; in plain Python the parallel loops run serially)
     namespace.update(extra or {})
     exec(compile(source, filename, "exec"), namespace)
     return namespace
@@ -294,7 +303,7 @@ class Module:
         return fn
 
     def _build(self, kernel: str, batch: str | None, parallel: bool) -> Callable[..., None]:
-        py = self._ns[kernel if batch is None else f"{kernel}_{batch}"]
+        py = self._ns[kernel if batch is None else f"{kernel}_{batch}" + "_parallel" * parallel]
         py = getattr(py, "py_func", py)  # the kernel's global may already be its dispatcher
         if self.backend == "python":
             return py  # type: ignore[no-any-return]
