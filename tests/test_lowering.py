@@ -179,6 +179,30 @@ def test_batch_does_not_depend_on_the_thread_count(mlp_pair):
     np.testing.assert_allclose(g0, rows.sum(0), rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.slow
+def test_tape_batch_does_not_depend_on_the_thread_count(mlp_pair):
+    numba = pytest.importorskip("numba")
+    _, _, _, _, _, tp = mlp_pair
+    p = tp.current_params()
+    X = np.random.default_rng(4).normal(size=(3000, 4))
+    results = []
+    for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+        numba.set_num_threads(threads)
+        results.append(tp.batch(p, X, reduce="sum"))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    (v0, g0), (v1, g1) = results[0], results[-1]
+    assert np.array_equal(v0, v1) and np.array_equal(g0, g1)
+    # the threaded interpreter equals the serial one: same chunks, summed in the same order
+    old = tape.PARALLEL_ROWS
+    try:
+        tape.PARALLEL_ROWS = 10**9
+        vs, gs = tp.batch(p, X, reduce="sum")
+    finally:
+        tape.PARALLEL_ROWS = old
+    assert np.array_equal(vs, v0) and np.array_equal(gs, g0)
+    assert numba.threading_layer()  # a parallel region really ran
+
+
 
 @st.composite
 def _sums_of_products(draw):
