@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import itertools
 import linecache
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,12 @@ N_CHUNKS = 64
 
 # batches with at least this many rows run on all cores (numba backend)
 PARALLEL_ROWS = 512
+
+# Numba's OpenMP threads keep spinning after a parallel loop (300,000 spins by default), which
+# on a small machine takes the cores that NumPy's BLAS (the vector backend, the user's own
+# numpy) needs next: measured 2-3x slower matrix products right after a threaded batch. A short
+# spin keeps short parallel loops fast. Read when OpenMP starts; a value the user set wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 
 @dataclass(frozen=True)
