@@ -408,69 +408,80 @@ def interpreter_source() -> str:
         "                for e in range(nb):",
         "                    work[o, e] = acc[e]",
     ]
-    batch = [
+    args = (
+        "tape_runs, out, a0, a1, p, ta, tb, tu,\n"
+        "        arg_slots, const_slots, const_values, result_slots, result_b,\n"
+        "        n_slots, block, n_chunks, params, X, n_out, values, acc, per_row"
+    )
+    lines += [
         "",
         "",
-        "def run_batch{suffix}(tape_runs, out, a0, a1, p, ta, tb, tu, arg_slots, const_slots,",
-        "              const_values, result_slots, result_b, n_slots, block, n_chunks, params, X,",
-        "              n_out, values, acc, per_row):",
-        "    # params are broadcast over a block; X rows are examples; the first n_out",
-        "    # results are values, the rest are added into acc (summed over rows) or, per_row,",
-        "    # into acc[row]. Blocks are split into n_chunks chunks (one thread each in",
-        "    # run_batch_parallel), whose sums are added in chunk order: the result does not",
-        "    # depend on the number of threads.",
+        "def run_chunk(c, chunk_acc, " + args + "):",
+        "    # chunk c of the rows' blocks: params are broadcast over a block, X rows are",
+        "    # examples; the first n_out results are values, the rest are added into acc[row]",
+        "    # (per_row) or summed into chunk_acc[c]",
         "    n = X.shape[0]",
         "    n_params = params.shape[0]",
         "    n_acc = result_slots.shape[0] - n_out",
         "    n_blocks = (n + block - 1) // block",
-        "    chunk_acc = np.zeros((n_chunks, n_acc))",
-        "    for c in {rng}(n_chunks):",
-        "        work = np.empty((n_slots, block))",
-        "        dot_acc = np.empty(block)",
-        "        # one partial sum per lane (example slot of a block), summed once per chunk: the",
-        "        # lanes are independent, so the loop vectorises (a running scalar sum cannot)",
-        "        lanes = np.zeros((0 if per_row else n_acc, block))",
-        "        for s in range(const_slots.shape[0]):",
-        "            work[const_slots[s], :] = const_values[s]",
-        "        for j in range(n_params):",
-        "            work[arg_slots[j], :] = params[j]",
-        "        for bi in range(c * n_blocks // n_chunks, (c + 1) * n_blocks // n_chunks):",
-        "            start = bi * block",
-        "            nb = min(block, n - start)",
-        "            for j in range(X.shape[1]):",
-        "                s = arg_slots[n_params + j]",
-        "                for e in range(nb):",
-        "                    work[s, e] = X[start + e, j]",
-        "            run_block(tape_runs, out, a0, a1, p, ta, tb, tu, work, dot_acc, nb)",
-        "            for k in range(n_out):",
-        "                s = result_slots[k]",
-        "                for e in range(nb):",
-        "                    values[start + e, k] = work[s, e]",
-        "            for k in range(n_acc):",
-        "                s = result_slots[n_out + k]",
-        "                s2 = result_b[n_out + k]  # >= 0: the result is work[s] * work[s2]",
-        "                if per_row:",
-        "                    if s2 < 0:",
-        "                        for e in range(nb):",
-        "                            acc[start + e, k] += work[s, e]",
-        "                    else:",
-        "                        for e in range(nb):",
-        "                            acc[start + e, k] += work[s, e] * work[s2, e]",
-        "                elif s2 < 0:",
+        "    work = np.empty((n_slots, block))",
+        "    dot_acc = np.empty(block)",
+        "    # one partial sum per lane (example slot of a block), summed once per chunk: the",
+        "    # lanes are independent, so the loop vectorises (a running scalar sum cannot)",
+        "    lanes = np.zeros((0 if per_row else n_acc, block))",
+        "    for s in range(const_slots.shape[0]):",
+        "        work[const_slots[s], :] = const_values[s]",
+        "    for j in range(n_params):",
+        "        work[arg_slots[j], :] = params[j]",
+        "    for bi in range(c * n_blocks // n_chunks, (c + 1) * n_blocks // n_chunks):",
+        "        start = bi * block",
+        "        nb = min(block, n - start)",
+        "        for j in range(X.shape[1]):",
+        "            s = arg_slots[n_params + j]",
+        "            for e in range(nb):",
+        "                work[s, e] = X[start + e, j]",
+        "        run_block(tape_runs, out, a0, a1, p, ta, tb, tu, work, dot_acc, nb)",
+        "        for k in range(n_out):",
+        "            s = result_slots[k]",
+        "            for e in range(nb):",
+        "                values[start + e, k] = work[s, e]",
+        "        for k in range(n_acc):",
+        "            s = result_slots[n_out + k]",
+        "            s2 = result_b[n_out + k]  # >= 0: the result is work[s] * work[s2]",
+        "            if per_row:",
+        "                if s2 < 0:",
         "                    for e in range(nb):",
-        "                        lanes[k, e] += work[s, e]",
+        "                        acc[start + e, k] += work[s, e]",
         "                else:",
         "                    for e in range(nb):",
-        "                        lanes[k, e] += work[s, e] * work[s2, e]",
-        "        if not per_row:",
-        "            for k in range(n_acc):",
-        "                t = 0.0",
-        "                for e in range(block):",
-        "                    t += lanes[k, e]",
-        "                chunk_acc[c, k] = t",
+        "                        acc[start + e, k] += work[s, e] * work[s2, e]",
+        "            elif s2 < 0:",
+        "                for e in range(nb):",
+        "                    lanes[k, e] += work[s, e]",
+        "            else:",
+        "                for e in range(nb):",
+        "                    lanes[k, e] += work[s, e] * work[s2, e]",
+        "    if not per_row:",
+        "        for k in range(n_acc):",
+        "            t = 0.0",
+        "            for e in range(block):",
+        "                t += lanes[k, e]",
+        "            chunk_acc[c, k] = t",
+    ]
+    batch = [
+        "",
+        "",
+        "def run_batch{suffix}(" + args + "):",
+        "    # the rows' blocks split into n_chunks chunks (one thread each in",
+        "    # run_batch_parallel), whose sums are added in chunk order: the result does not",
+        "    # depend on the number of threads",
+        "    chunk_acc = np.zeros((n_chunks, result_slots.shape[0] - n_out))",
+        "    for c in {rng}(n_chunks):",
+        "        run_chunk(c, chunk_acc, "
+        + args.replace("\n        ", "\n                  ") + ")",
         "    if not per_row:",
         "        for c in range(n_chunks):",
-        "            for k in range(n_acc):",
+        "            for k in range(chunk_acc.shape[1]):",
         "                acc[0, k] += chunk_acc[c, k]",
     ]
     for suffix, rng in (("", "range"), ("_parallel", "prange")):
@@ -484,16 +495,18 @@ _interpreters: dict[tuple[str, bool], Callable[..., None]] = {}
 _namespaces: dict[str, tuple[dict[str, Any], bool]] = {}
 
 N_CHUNKS = 16  # at most; fixed, so results do not depend on the thread count
+# batches this large use the threaded build (numba). It gains from ~64 rows (100 rows of an
+# MLP(2,[16,16,1]) gradient: 73 -> 55 us on 2 cores), but Numba compiles it in ~3 s (once,
+# then disk-cached), so small batches keep the serial build, compiled in ~1 s
+PARALLEL_ROWS = 512
 
 
-def interpreter(backend: str) -> Callable[..., None]:
+def interpreter(backend: str, parallel: bool = False) -> Callable[..., None]:
     """``run_batch`` for `backend`, built (and, for numba, JIT-compiled) once per process.
 
-    Numba gets the multi-threaded build only: it pays from about 64 rows on (100 rows of an
-    MLP(2,[16,16,1]) gradient: 73 -> 55 us on 2 cores), costs ~7 us on a single row, and one
-    build instead of two saves ~2 s of JIT on a cold cache. Plain Python gets the serial loop.
+    `parallel` asks for the threaded build (numba only); it computes the same numbers.
     """
-    parallel = backend == "numba"
+    parallel = parallel and backend == "numba"
     with _lock:
         fn = _interpreters.get((backend, parallel))
         if fn is not None:
@@ -530,10 +543,17 @@ _SIG_BATCH = (
 )
 
 
+_SIG_CHUNK = _SIG_BATCH.replace("void(", "void(int64, float64[:, ::1], ", 1)
+
+
 def _jit_interpreter(ns: dict[str, Any], cached: bool, parallel: bool) -> Callable[..., None]:
     f = ns.get("__file__")
+    # the big serial functions are compiled on their own, so the parallel one stays small
+    # (Numba's parallel analysis of the whole interpreter took 4 s; of this loop, a fraction)
     if not hasattr(ns["run_block"], "py_func"):
         ns["run_block"] = jit_compile(ns["run_block"], _SIG_BLOCK, False, cached, f)
+    if not hasattr(ns["run_chunk"], "py_func"):
+        ns["run_chunk"] = jit_compile(ns["run_chunk"], _SIG_CHUNK, False, cached, f)
     name = "run_batch_parallel" if parallel else "run_batch"
     return jit_compile(ns[name], _SIG_BATCH, parallel, cached, f)
 
@@ -542,7 +562,7 @@ def run(tape: Tape, backend: str, params: np.ndarray, X: np.ndarray, n_out: int,
         values: np.ndarray, acc: np.ndarray, per_row: bool) -> None:
     """Run `tape` over the rows of `X`: values ``(N, n_out)``; acc ``(1 or N, n_acc)``."""
     n = X.shape[0]
-    fn = interpreter(backend)
+    fn = interpreter(backend, parallel=n >= PARALLEL_ROWS)
     n_chunks = max(1, min(N_CHUNKS, (n + BLOCK - 1) // BLOCK))
     fn(tape.runs, tape.out, tape.a0, tape.a1, tape.p, tape.ta, tape.tb, tape.tu,
        tape.arg_slots, tape.const_slots, tape.const_values, tape.result_slots, tape.result_b,
