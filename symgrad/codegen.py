@@ -1,6 +1,6 @@
 """Code generation: IR -> Python source -> callables (plain Python or Numba-JIT'd).
 
-Imports `ops` and `ir` (numba lazily, for the "numba" backend). The source mirrors the IR line
+Imports `ops`, `ir` and `cache` (numba lazily, for the "numba" backend). The source mirrors the IR line
 for line: one assignment per instruction, the same names, derivative provenance as comments. It
 is compiled under a unique filename registered in `linecache`, so tracebacks and `inspect` show
 the generated lines. User text reaches the source only as sanitised identifiers.
@@ -253,11 +253,12 @@ def _sig(layout: Layout, batch: str | None) -> str:
 
 
 class Module:
-    """The compiled callables of one generated module: ``kernel(name)``, ``rows``, ``sum``.
+    """The compiled callables of one generated module: kernels and their batch loops.
 
-    With the "numba" backend every function is ``numba.njit(error_model="numpy")`` (IEEE
-    division: ``1/0`` is inf, not an exception); kernels compile when `kernel` is first asked
-    for, the batch loops (``parallel=True``) on first use.
+    Imports the source from the persistent cache when it is on (else ``exec``). With the
+    "numba" backend every function is ``numba.njit(error_model="numpy")`` (IEEE division:
+    ``1/0`` is inf, not an exception), compiled when `get` first asks for it; the plain-Python
+    backend computes with the op table's rules (`IEEE_NUMPY`).
     """
 
     def __init__(self, source: str, name: str, backend: str,
