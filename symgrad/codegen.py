@@ -1,8 +1,8 @@
 """Code generation: IR -> Python source -> callables (plain Python or Numba-JIT'd).
 
-Imports `ops`, `ir` and `cache` (numba lazily, for the "numba" backend). The source mirrors the IR line
-for line: one assignment per instruction, the same names, derivative provenance as comments. It
-is compiled under a unique filename registered in `linecache`, so tracebacks and `inspect` show
+Imports `ops`, `ir` and `cache` (numba lazily, for the "numba" backend). The source mirrors
+the IR line for line: one assignment per instruction, the same names, derivative provenance as
+comments. It is compiled under a unique filename registered in `linecache`, so tracebacks and `inspect` show
 the generated lines. User text reaches the source only as sanitised identifiers.
 
 A `Layout` says which 1-D arrays a `Func`'s arguments are read from and which arrays its results
