@@ -2,8 +2,8 @@
 
 Imports `ops`, `ir` and `cache` (numba lazily, for the "numba" backend). The source mirrors
 the IR line for line: one assignment per instruction, the same names, derivative provenance as
-comments. It is compiled under a unique filename registered in `linecache`, so tracebacks and `inspect` show
-the generated lines. User text reaches the source only as sanitised identifiers.
+comments. It is compiled under a unique filename registered in `linecache`, so tracebacks and
+`inspect` show the generated lines. User text reaches the source only as sanitised identifiers.
 
 A `Layout` says which 1-D arrays a `Func`'s arguments are read from and which arrays its results
 go to; the generated kernel is ``name(*arg_arrays, *result_arrays)``. Result arrays marked
