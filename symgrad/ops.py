@@ -228,7 +228,7 @@ MUL = defop(
     "mul", 2, impl=lambda x, y: x * y, vjp=lambda ct, out, x, y: (y * ct, x * ct),
     py="{0} * {1}", sympy=lambda sp, x, y: x * y, symbol="*", commutative=True,
 )
-DIV = defop(
+DIV: OpDef = defop(
     "div", 2, impl=_div,
     # d(x/y)/dy = -x/y**2 = -out/y
     vjp=lambda ct, out, x, y: (DIV(ct, y), -DIV(out * ct, y)),
@@ -238,7 +238,7 @@ NEG = defop(
     "neg", 1, impl=lambda x: -x, vjp=lambda ct, out, x: (-ct,),
     py="-{0}", sympy=lambda sp, x: -x, symbol="neg",
 )
-POW = defop(
+POW: OpDef = defop(
     "pow", 1, impl=_pow, params=("p",),
     # the exponent is a compile-time constant, so only the base gets a cotangent
     # x ** 0 is constant: no cotangent (0 * x ** -1 would be nan at x = 0)
@@ -277,7 +277,7 @@ SIN = defop(
     "sin", 1, impl=_trig(math.sin), vjp=lambda ct, out, x: (COS(x) * ct,),
     py="np.sin({0})", sympy=_sp("sin"), symbol="sin",
 )
-COS = defop(
+COS: OpDef = defop(
     "cos", 1, impl=_trig(math.cos), vjp=lambda ct, out, x: (-(SIN(x) * ct),),
     py="np.cos({0})", sympy=_sp("cos"), symbol="cos",
 )

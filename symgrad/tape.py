@@ -164,8 +164,8 @@ def fuse_dots(func: Func) -> list[_Step]:
         elif ins.out in replaced:
             continue
         else:
-            p = ins.params[0] if ins.params else 0.0
-            steps.append(_Step(OPCODES[ins.op], ins.out, ins.args, p))
+            param = ins.params[0] if ins.params else 0.0
+            steps.append(_Step(OPCODES[ins.op], ins.out, ins.args, param))
     return steps
 
 
