@@ -126,3 +126,16 @@ def test_unwritable_cache_directory_falls_back(tmp_path):
         assert grad[0] == pytest.approx(np.exp(0.25), rel=1e-15)
     finally:
         cache.set_cache_dir(None)
+
+
+def test_clear_empties_the_cache_directory(tmp_path):
+    try:
+        cache.set_cache_dir(tmp_path / "c")
+        a = sg.Value(0.75, label="a")
+        f = sg.compile(a.sin() * a.exp(), wrt=[a], name="to_clear")
+        assert list((tmp_path / "c").glob("to_clear_*.py"))
+        assert cache.clear() >= 1
+        assert not list((tmp_path / "c").glob("*.py"))
+        assert f()[0] == pytest.approx(np.sin(0.75) * np.exp(0.75), rel=1e-15)  # still usable
+    finally:
+        cache.set_cache_dir(None)
