@@ -70,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[float], list[float]]:
     parser.add_argument("--iters", type=int, default=30, help="Newton steps to show")
     parser.add_argument("--backend", default="numba", choices=["numba", "python", "tape"])
     args = parser.parse_args(argv)
+    if args.iters < 1:
+        parser.error(f"--iters must be at least 1, got {args.iters}")
 
     loss, params = rosenbrock()
     H = sg.hessian(loss, wrt=params, backend=args.backend)

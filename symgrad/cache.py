@@ -8,7 +8,10 @@ second process compiling the same model finds Numba's cached machine code next t
 The hash covers the generated source and the symgrad, Numba, NumPy and Python versions. A file
 is used only if its bytes equal the source symgrad just generated, so a damaged or tampered entry
 is rewritten, never executed; files are written to a temporary name and renamed into place, so
-processes sharing the directory never see half a file.
+processes sharing the directory never see half a file. The checked bytes themselves are
+compiled (a ``.pyc`` is never used). Numba's own cache files beside them (``__pycache__``) are
+its pickled machine code: Numba checks them against the source file's time and size, and
+symgrad deletes and rebuilds any that fail to load; like Numba, it cannot check their content.
 
 Configuration: ``SYMGRAD_CACHE_DIR`` (a directory), ``SYMGRAD_CACHE=0`` (off), or
 `set_cache_dir` at run time. The default is ``$XDG_CACHE_HOME/symgrad`` (``~/.cache/symgrad``).
@@ -120,13 +123,15 @@ def load_module(source: str, name: str, extra: dict[str, Any]) -> ModuleType | N
         if mod is not None:
             return mod
         spec = importlib.util.spec_from_file_location(modname, path)
-        assert spec is not None and spec.loader is not None
+        assert spec is not None
         mod = importlib.util.module_from_spec(spec)
         mod.__dict__.update(extra)
         # numba's cache reloads need the module importable by name
         sys.modules[modname] = mod
         try:
-            spec.loader.exec_module(mod)
+            # run the bytes just checked, never a __pycache__ .pyc, which Python would trust on
+            # the .py file's size and time alone (a damaged or swapped .pyc would run)
+            exec(compile(data, str(path), "exec"), mod.__dict__)
         except BaseException:
             sys.modules.pop(modname, None)
             raise

@@ -50,7 +50,7 @@ def compile(
             "tape": always the tape; "vector": the tape run by NumPy a whole batch at a time,
             with each dense layer as one matrix product (BLAS): the fastest on large batches
             of big models, but sums may be added in another order, so results agree with the
-            other backends to rounding (about 1e-15 of the largest term) rather than exactly;
+            other backends to rounding (a few 1e-15 of the largest term) rather than exactly;
             "python": the line-by-line source, not JIT'd (readable, debuggable).
             ``f.stats["lowering"]`` says which lowering was used.
         optimize: run the passes (folding, simplification, CSE, DCE) before generating code.
@@ -299,7 +299,7 @@ class Program:
             )
         if a.shape[0] == 0:
             raise ValueError("X: the batch is empty (0 rows)")
-        return np.ascontiguousarray(a)
+        return _kernel_ready(a)
 
     @staticmethod
     def _check_reduce(reduce: str) -> None:
@@ -463,4 +463,10 @@ def _vector(a: Any, n: int, what: str, expected: str) -> np.ndarray:
         )
     if arr.shape[0] != n:
         raise ValueError(f"{what}: expected {n} value(s) ({expected}), got {arr.shape[0]}")
-    return np.ascontiguousarray(arr)
+    return _kernel_ready(arr)
+
+
+def _kernel_ready(a: np.ndarray) -> np.ndarray:
+    """C-contiguous, aligned and writeable (Numba's signatures take only writeable arrays, and
+    read-only ones, e.g. from np.frombuffer or a memory map, are common): copied if need be."""
+    return np.require(a, np.float64, ["C_CONTIGUOUS", "ALIGNED", "WRITEABLE"])

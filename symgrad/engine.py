@@ -28,7 +28,12 @@ def _check_data(data: Any) -> float:
         raise TypeError(
             f"Value(data): data must be an int or float, got {type(data).__name__} {data!r:.40}"
         )
-    return float(data)
+    try:
+        return float(data)
+    except OverflowError:
+        raise ValueError(
+            f"Value(data): {data!r:.40} is too large for a float (float64 holds up to ~1.8e308)"
+        ) from None
 
 
 class Value:
@@ -113,7 +118,11 @@ class Value:
                 f"Value ** exponent: the exponent must be an int or float, "
                 f"got {type(other).__name__} {other!r:.40}"
             )
-        return self._apply(ops.POW, p=float(other))
+        try:
+            p = float(other)
+        except OverflowError:
+            raise ValueError(f"Value ** exponent: {other!r:.40} is too large for a float") from None
+        return self._apply(ops.POW, p=p)
 
     def __rpow__(self, other: Any) -> Value:
         raise TypeError(

@@ -243,7 +243,9 @@ POW: OpDef = defop(
     # the exponent is a compile-time constant, so only the base gets a cotangent
     # x ** 0 is constant: no cotangent (0 * x ** -1 would be nan at x = 0)
     vjp=lambda ct, out, x, p: (None if p == 0.0 else (p * POW(x, p=p - 1.0)) * ct,),
-    py="{0} ** {p}", sympy=lambda sp, x, p: x ** sp.nsimplify(p), symbol="**{p}",
+    py="{0} ** {p}", symbol="**{p}",
+    # the exponent stays the number it is (an Integer when integral, else the exact double)
+    sympy=lambda sp, x, p: x ** (sp.Integer(int(p)) if float(p).is_integer() else sp.Float(p)),
 )
 EXP = defop(
     "exp", 1, impl=_exp, vjp=lambda ct, out, x: (out * ct,),

@@ -82,6 +82,24 @@ def to_sympy(outputs: Value | Iterable[Value]) -> Any:
     return res[0] if isinstance(outputs, Value) else res
 
 
+def _nonempty(result: CheckResult) -> CheckResult:
+    """A check that compared nothing must not pass silently."""
+    if result.compared == 0:
+        raise ValueError(
+            "check: nothing was compared: at every point tried (the leaves' values and the random "
+            "points) some value or derivative was nan or inf, or sympy's derivative undefined; "
+            "move the leaves into the functions' domains or raise `points`"
+        )
+    return result
+
+
+def _varying_symbols(outs: Sequence[Value], leaves: Sequence[Value]) -> dict[int, Any]:
+    """Symbols for the wrt and input `leaves` only: every other leaf is a frozen constant, so
+    in `check` it stays its number (named as `to_sympy` would name it otherwise)."""
+    keep = {id(v) for v in leaves}
+    return {k: s for k, s in leaf_symbols(outs, leaves).items() if k in keep}
+
+
 def _expressions(outs: Sequence[Value], syms: dict[int, Any]) -> dict[int, Any]:
     sp = _sympy()
     env: dict[int, Any] = {}
@@ -155,7 +173,7 @@ def check(
     f = sg_compile(outs, wrt=wrt, inputs=inputs, backend=backend)
     wrt_l, inp_l = list(f._wrt), list(f._inputs)
     leaves = wrt_l + inp_l
-    syms = leaf_symbols(outs, leaves)
+    syms = _varying_symbols(outs, leaves)
     exprs = _expressions(outs, syms)
     wsyms = [syms[id(w)] for w in wrt_l]
     lsyms = [syms[id(v)] for v in leaves]
@@ -186,7 +204,7 @@ def check(
                         _report(f, outs, k, names_[j], a, b, c, dict(zip(names_, pt, strict=True)),
                                 rtol, atol)
                     )
-    return result
+    return _nonempty(result)
 
 
 # central differences of the gradient: a relative step near eps ** (1/3) balances rounding
@@ -213,7 +231,7 @@ def _check_hessian(
     wrt_l, inp_l = list(H._wrt), list(H._inputs)
     leaves = wrt_l + inp_l
     P = len(wrt_l)
-    syms = leaf_symbols(outs, leaves)
+    syms = _varying_symbols(outs, leaves)
     expr = _expressions(outs, syms)[id(outs[0])]
     wsyms = [syms[id(w)] for w in wrt_l]
     grad_expr = [sp.diff(expr, s) for s in wsyms]
@@ -256,14 +274,14 @@ def _check_hessian(
                     raise GradientMismatch(_hessian_report(
                         names_, j, k, h, c, d, steps[j], g, g_sym, point, bad, rtol, atol
                     ))
-    return result
+    return _nonempty(result)
 
 
 def _lambdify(sp: Any, args: list[Any], exprs: Any) -> Any:
     """``sympy.lambdify`` to mpmath of nested lists of expressions, made printable first."""
     import mpmath
 
-    zoo = sp.Symbol("_zoo")  # stands for sympy's zoo, which lambdify cannot print; passed nan
+    zoo = sp.Dummy("zoo")  # stands for sympy's zoo, which lambdify cannot print; passed nan
 
     def printable(e: Any) -> Any:
         return [printable(x) for x in e] if isinstance(e, list) else _printable(sp, e, zoo)

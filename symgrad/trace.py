@@ -35,6 +35,8 @@ def as_outputs(outputs: Value | Iterable[Value], what: str = "outputs") -> tuple
             f"{what}: expected a Value or a list of Values, got {type(outputs).__name__}"
         )
     outs = tuple(outputs)
+    if not outs:
+        raise ValueError(f"{what}: the list of outputs is empty")
     for i, o in enumerate(outs):
         if not isinstance(o, Value):
             raise TypeError(f"{what}[{i}]: expected a Value, got {type(o).__name__} {o!r:.40}")

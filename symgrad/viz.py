@@ -100,26 +100,30 @@ def draw_ir(func: Func | Any, rankdir: str = "LR", format: str = "svg") -> graph
         raise TypeError(f"draw_ir: expected an IR Func or a compiled function, got "
                         f"{type(func).__name__}")
     nm = names(f)
+
+    def nid(v: Var) -> str:  # graphviz ids: values, literals and results never share one
+        return "n_" + nm[v]
+
     dot = graphviz.Digraph(format=format, graph_attr={"rankdir": rankdir})
     for a in f.args:
-        dot.node(nm[a], nm[a], shape="box")
+        dot.node(nid(a), nm[a], shape="box")
     for ins in f.body:
         params = "".join(f" {k}={v:g}" for k, v in ins.param_dict().items())
         style = {"style": "filled", "fillcolor": "lightgrey"} if ins.origin is not None else {}
-        dot.node(nm[ins.out], f"{nm[ins.out]} = {ins.op}{params}", **style)
+        dot.node(nid(ins.out), f"{nm[ins.out]} = {ins.op}{params}", **style)
         for i, a in enumerate(ins.args):
             if isinstance(a, Var):
-                dot.edge(nm[a], nm[ins.out], label=str(i) if len(ins.args) > 1 else "")
+                dot.edge(nid(a), nid(ins.out), label=str(i) if len(ins.args) > 1 else "")
             else:
-                lit = f"lit{nm[ins.out]}_{i}"
+                lit = f"lit_{nm[ins.out]}_{i}"
                 dot.node(lit, atom_text(a, nm), shape="plaintext")
-                dot.edge(lit, nm[ins.out])
+                dot.edge(lit, nid(ins.out))
     for k, r in enumerate(f.results):
-        dot.node(f"return{k}", f"return {k}", shape="plaintext")
-        src = nm[r] if isinstance(r, Var) else f"litreturn{k}"
+        dot.node(f"ret_{k}", f"return {k}", shape="plaintext")
+        src = nid(r) if isinstance(r, Var) else f"ret_lit_{k}"
         if not isinstance(r, Var):
             dot.node(src, atom_text(r, nm), shape="plaintext")
-        dot.edge(src, f"return{k}")
+        dot.edge(src, f"ret_{k}")
     return dot
 
 
