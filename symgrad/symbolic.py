@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .engine import Value, topological_order
-from .ir import Func, instr_text, names
+from .ir import Const, Func, instr_text, names
 from .ops import OPS
 from .trace import as_outputs
 
@@ -457,7 +457,7 @@ def first_bad_rule(
     nm = names(func)
     env = dict(zip(func.args, map(float, args), strict=True))
     for ins in func.body:
-        vals = [a.value if not hasattr(a, "id") else env[a] for a in ins.args]
+        vals = [a.value if isinstance(a, Const) else env[a] for a in ins.args]
         op = OPS[ins.op]
         params = ins.param_dict()
         out = op.impl(*vals, **params)
