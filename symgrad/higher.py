@@ -10,8 +10,8 @@ backends, argument validation, ``ir``, ``source`` and ``stats`` work as they do 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,6 +25,8 @@ from .passes import dce
 from .trace import Traced, as_outputs
 
 __all__ = ["Hessian", "Hvp", "Jvp", "hessian", "hvp", "hvp_func", "jvp"]
+
+ProgramT = TypeVar("ProgramT", bound=Program)
 
 
 @gc_paused()
@@ -46,11 +48,7 @@ def jvp(
         a `Jvp`: ``j(params, tangent, inputs)`` gives the value and the directional derivative
         ``J @ tangent`` in one forward pass, without forming J.
     """
-    traced, stats, t0 = _trace(outputs, wrt, inputs, backend, name, "jvp", single=False)
-    t = time.perf_counter()
-    func = jvp_transform(traced.func, len(traced.wrt))
-    _stage(stats, "jvp", func, t)
-    return Jvp(traced, back_end(func, stats, optimize), backend, stats, t0)
+    return _build(Jvp, jvp_transform, "jvp", outputs, wrt, inputs, backend, optimize, name)
 
 
 @gc_paused()
@@ -74,11 +72,7 @@ def hvp(
     Returns:
         an `Hvp`: ``h(params, v, inputs)`` gives the gradient and ``H @ v``.
     """
-    traced, stats, t0 = _trace(out, wrt, inputs, backend, name, "hvp", single=True)
-    t = time.perf_counter()
-    func = hvp_func(traced.func, len(traced.wrt))
-    _stage(stats, "hvp", func, t)
-    return Hvp(traced, back_end(func, stats, optimize), backend, stats, t0)
+    return _build(Hvp, hvp_func, "hvp", out, wrt, inputs, backend, optimize, name)
 
 
 @gc_paused()
@@ -102,11 +96,8 @@ def hessian(
     Returns:
         a `Hessian`: ``H(params, inputs)`` and ``H.batch(params, X, reduce)``.
     """
-    traced, stats, t0 = _trace(out, wrt, inputs, backend, name, "hessian", single=True)
-    t = time.perf_counter()
-    func = value_grad_and_hessian(traced.func, len(traced.wrt))
-    _stage(stats, "hessian", func, t)
-    return Hessian(traced, back_end(func, stats, optimize), backend, stats, t0)
+    return _build(Hessian, value_grad_and_hessian, "hessian", out, wrt, inputs, backend,
+                  optimize, name)
 
 
 def hvp_func(func: Func, n_wrt: int, name: str | None = None) -> Func:
@@ -129,17 +120,26 @@ def hvp_func(func: Func, n_wrt: int, name: str | None = None) -> Func:
 # ---- the shared front and back ends ---------------------------------------------------------
 
 
-def _trace(
+def _build(
+    cls: type[ProgramT], transform: Callable[[Func, int], Func], what: str,
     outputs: Value | Iterable[Value], wrt: Sequence[Value] | None, inputs: Sequence[Value],
-    backend: str, name: str | None, what: str, single: bool,
-) -> tuple[Traced, dict[str, Any], float]:
-    """Validate the arguments as `compile` does, and trace."""
-    if single and len(as_outputs(outputs)) != 1:
+    backend: str, optimize: bool, name: str | None,
+) -> ProgramT:
+    """Validate and trace as `compile` does, apply the IR `transform`, optimise, build `cls`.
+
+    Second-order transforms (anything but "jvp") take a single output.
+    """
+    outs = as_outputs(outputs)
+    if what != "jvp" and len(outs) != 1:
         raise ValueError(
-            f"{what}: takes a single output Value, got {len(as_outputs(outputs))} (a Hessian of "
-            "several outputs is a 3-D array: compile one per output)"
+            f"{what}: takes a single output Value, got {len(outs)} (a Hessian of several "
+            "outputs is a 3-D array: compile one per output)"
         )
-    return front_end(outputs, wrt, inputs, backend, name)
+    traced, stats, t0 = front_end(outs, wrt, inputs, backend, name)
+    t = time.perf_counter()
+    func = transform(traced.func, len(traced.wrt))
+    _stage(stats, what, func, t)
+    return cls(traced, back_end(func, stats, optimize), backend, stats, t0)
 
 
 def _program_args(
