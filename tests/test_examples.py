@@ -6,27 +6,19 @@ Oracle: the numbers the notebook states (o = 0.7071, its grads -1.5, 0.5, 1.0, 0
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.cases import load_example
+
 ROOT = Path(__file__).resolve().parent.parent
 LECTURE = ROOT / "examples" / "lecture.py"
-
-
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _number(output: str, pattern: str) -> float:
@@ -36,7 +28,7 @@ def _number(output: str, pattern: str) -> float:
 
 
 def test_lecture_functions_can_be_imported(capsys: pytest.CaptureFixture[str]) -> None:
-    lecture = _load(LECTURE)
+    lecture = load_example(LECTURE)
     assert abs(lecture.numerical_derivative() - 14.0) < 1e-3
     a, b, c, _ = lecture.expression()
     assert (a.grad, b.grad, c.grad) == (-3.0, 2.0, 1.0)

@@ -12,14 +12,12 @@ only because every rule is linear in its cotangent: that is pinned first.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import mpmath
@@ -36,6 +34,7 @@ from symgrad.engine import Value
 from symgrad.ir import Const, evaluate, verify
 from symgrad.passes import dce, optimize
 from symgrad.trace import trace
+from tests.cases import load_example
 from tests.strategies import engine_value_and_grad, programs, to_values
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -573,16 +572,8 @@ def test_programs_have_ir_source_stats_and_safe_names() -> None:
 # ---- the example ---------------------------------------------------------------------------------
 
 
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_newton_example_converges(capsys: pytest.CaptureFixture[str]) -> None:
-    newton = _load(ROOT / "examples" / "newton.py")
+    newton = load_example(ROOT / "examples" / "newton.py")
     newton_losses, gd_losses = newton.main(["--iters", "30", "--backend", "python"])
     out = capsys.readouterr().out
     assert "newton" in out and "gradient descent" in out

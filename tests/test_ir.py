@@ -18,19 +18,7 @@ import symgrad as sg
 from symgrad import ir
 from symgrad.ir import Builder, Const, Func, Instr, IRError, Var
 from symgrad.trace import trace
-
-
-def lecture_neuron() -> tuple[sg.Value, list[sg.Value], list[sg.Value]]:
-    """o = tanh(x1*w1 + x2*w2 + b), the notebook's neuron: (o, [w1, w2, b], [x1, x2])."""
-    x1, x2 = sg.Value(2.0, label="x1"), sg.Value(0.0, label="x2")
-    w1, w2 = sg.Value(-3.0, label="w1"), sg.Value(1.0, label="w2")
-    b = sg.Value(6.8813735870195432, label="b")
-    n = x1 * w1 + x2 * w2 + b
-    n.label = "n"
-    o = n.tanh()
-    o.label = "o"
-    return o, [w1, w2, b], [x1, x2]
-
+from tests.cases import lecture_neuron
 
 # ---- golden text ---------------------------------------------------------------------------------
 

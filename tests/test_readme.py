@@ -42,15 +42,10 @@ def test_python_blocks_run_and_print_what_they_say(tmp_path, monkeypatch, capsys
 
 def test_shown_ir_and_source_are_what_the_code_prints():
     import symgrad as sg
+    from tests.cases import lecture_neuron
 
-    x1, x2 = sg.Value(2.0, label="x1"), sg.Value(0.0, label="x2")
-    w1, w2 = sg.Value(-3.0, label="w1"), sg.Value(1.0, label="w2")
-    b = sg.Value(6.8813735870195432, label="b")
-    n = x1 * w1 + x2 * w2 + b
-    n.label = "n"
-    o = n.tanh()
-    o.label = "o"
-    f = sg.compile(o, wrt=[w1, w2, b], inputs=[x1, x2], name="neuron", backend="python")
+    o, wrt, inputs = lecture_neuron()
+    f = sg.compile(o, wrt=wrt, inputs=inputs, name="neuron", backend="python")
     assert "```\n" + str(f.ir) + "\n```" in README
     kernel = f.source.split("\n\n\n")[1] + "\n"
     assert "```python\n" + kernel + "```" in README
