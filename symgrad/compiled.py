@@ -198,17 +198,12 @@ class Program:
         t = time.perf_counter()
         if self.lowering == "tape":
             self._module: codegen.Module | None = None
-            self._tapes = {
-                name: tape.lower(func, tape.n_uniform(lay), tape.n_assigned(lay))
-                for func, name, lay in kernels
-            }
-            extra = [tape.interpreter_source()]
+            counts = {name: (tape.n_uniform(lay), tape.n_assigned(lay)) for _, name, lay in kernels}
+            self._tapes = {name: tape.lower(func, *counts[name]) for func, name, _ in kernels}
             if backend == "vector":  # plan now (inside compile's gc pause), not on first call
-                extra = [
-                    vector.plan(self._tapes[name], tape.n_uniform(lay),
-                                tape.n_assigned(lay)).describe()
-                    for _, name, lay in kernels
-                ]
+                extra = [vector.plan(tp, *counts[n]).describe() for n, tp in self._tapes.items()]
+            else:
+                extra = [tape.interpreter_source()]
             self.source = "\n\n".join(
                 [f"# {name}\n{tp.describe()}" for name, tp in self._tapes.items()] + extra
             )
