@@ -590,19 +590,17 @@ Runner = Callable[[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray, bool], N
 def run_layout(tape: Tape, layout: Layout, backend: str, batch: str | None,
                arrays: tuple[np.ndarray, ...]) -> None:
     """Run `tape` on `backend` with a kernel's calling convention (see `with_layout`)."""
-    with_layout(layout, batch, arrays, len(tape.result_slots) - n_assigned(layout),
-                functools.partial(run, tape, backend))
+    with_layout(tape, layout, batch, arrays, functools.partial(run, tape, backend))
 
 
-def with_layout(layout: Layout, batch: str | None, arrays: tuple[np.ndarray, ...],
-                n_acc: int, runner: Runner) -> None:
+def with_layout(tape: Tape, layout: Layout, batch: str | None, arrays: tuple[np.ndarray, ...],
+                runner: Runner) -> None:
     """Run a tape executor with a kernel's calling convention (see `codegen.Layout`).
 
     `arrays` are the kernel's arrays (batch None) or its batch loop's ("rows"/"sum"). Arguments
     that are not per-row are broadcast over the rows; results assigned per row come before
     accumulated ones, as in every kernel symgrad builds. `runner(params, X, n_out, values, acc,
-    per_row)` is `run` for one tape and backend (or another executor); `n_acc` is the number of
-    accumulated results.
+    per_row)` runs `tape` (`run` with a backend, or another executor).
     """
     n_args = len(layout.args)
     names = [nm for nm, _ in layout.args]
@@ -621,6 +619,7 @@ def with_layout(layout: Layout, batch: str | None, arrays: tuple[np.ndarray, ...
     assigned = [a for (nm, _), a in pairs if nm not in layout.accumulate]
     accumulated = [a for (nm, _), a in pairs if nm in layout.accumulate]
     n_out = n_assigned(layout)
+    n_acc = len(tape.result_slots) - n_out
     per_row = batch == "rows"
     lead = n if per_row else 1
     # with one result array of each kind (as `Compiled` has) the executor writes into it

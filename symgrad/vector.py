@@ -942,5 +942,4 @@ def _finish(r: _Results, work: np.ndarray, u: np.ndarray, start: int, stop: int,
 def run_layout(tape: Tape, layout: Layout, batch: str | None,
                arrays: tuple[np.ndarray, ...]) -> None:
     """`tape.run_layout` with this executor: a kernel's (or batch loop's) arrays in and out."""
-    n_acc = len(tape.result_slots) - _tape.n_assigned(layout)
-    _tape.with_layout(layout, batch, arrays, n_acc, functools.partial(run, tape))
+    _tape.with_layout(tape, layout, batch, arrays, functools.partial(run, tape))
