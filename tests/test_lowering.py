@@ -155,20 +155,27 @@ def test_runs_are_independent_and_slots_never_clobber_live_values(case):
         assert same_float(a, b) or (a == b == 0.0), case
 
 
+def _same_at_every_thread_count(f, p, X):
+    """`f.batch` summed on one thread and on all: the same bits; returns them."""
+    numba = pytest.importorskip("numba")
+    results = []
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            results.append(f.batch(p, X, reduce="sum"))
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    (v0, g0), (v1, g1) = results[0], results[-1]
+    assert np.array_equal(v0, v1) and np.array_equal(g0, g1)
+    return v0, g0
+
+
 @pytest.mark.slow
 def test_batch_does_not_depend_on_the_thread_count(mlp_pair):
-    numba = pytest.importorskip("numba")
     _, _, _, _, lines, _ = mlp_pair
     p = lines.current_params()
     X = np.random.default_rng(3).normal(size=(5000, 4))  # above PARALLEL_ROWS: the threaded loop
-    results = []
-    for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-        numba.set_num_threads(threads)
-        results.append(lines.batch(p, X, reduce="sum"))
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    (v0, g0), (v1, g1) = results[0], results[-1]
-    assert np.array_equal(v0, v1)
-    assert np.array_equal(g0, g1)
+    v0, g0 = _same_at_every_thread_count(lines, p, X)
     # the threaded build equals the serial one (same chunks, summed in the same order)
     serial = lines._module.get(lines._vg, "sum", parallel=False)
     vs, gs = np.zeros((len(X), 1)), np.zeros((1, lines.n_params))
@@ -185,13 +192,7 @@ def test_tape_batch_does_not_depend_on_the_thread_count(mlp_pair):
     _, _, _, _, _, tp = mlp_pair
     p = tp.current_params()
     X = np.random.default_rng(4).normal(size=(3000, 4))
-    results = []
-    for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-        numba.set_num_threads(threads)
-        results.append(tp.batch(p, X, reduce="sum"))
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    (v0, g0), (v1, g1) = results[0], results[-1]
-    assert np.array_equal(v0, v1) and np.array_equal(g0, g1)
+    v0, g0 = _same_at_every_thread_count(tp, p, X)
     # the threaded interpreter equals the serial plain-Python one (which computes with the op
     # table's rules, libm's, as Numba does): same chunks, summed in the same order
     vs, gs = np.zeros((len(X), 1)), np.zeros((1, tp.n_params))
@@ -199,7 +200,6 @@ def test_tape_batch_does_not_depend_on_the_thread_count(mlp_pair):
         tape.run(tp._tapes[tp._vg], "python", p, X, 1, vs, gs, False)
     assert np.array_equal(vs[:, 0], v0) and np.array_equal(gs[0], g0)
     assert numba.threading_layer()  # a parallel region really ran
-
 
 
 @st.composite
