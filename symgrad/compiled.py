@@ -230,6 +230,16 @@ class Program:
         stats["seconds"]["total"] = time.perf_counter() - t0
 
     @property
+    def wrt(self) -> tuple[Value, ...]:
+        """The `wrt` leaves (the parameters), in parameter order."""
+        return self._wrt
+
+    @property
+    def inputs(self) -> tuple[Value, ...]:
+        """The `inputs` leaves, in input order."""
+        return self._inputs
+
+    @property
     def wrt_names(self) -> list[str]:
         """Labels of the `wrt` leaves, in parameter order."""
         return [v.label for v in self._wrt]

@@ -171,7 +171,7 @@ def check(
     sp = _sympy()
     outs = as_outputs(out)
     f = sg_compile(outs, wrt=wrt, inputs=inputs, backend=backend)
-    wrt_l, inp_l = list(f._wrt), list(f._inputs)
+    wrt_l, inp_l = list(f.wrt), list(f.inputs)
     leaves = wrt_l + inp_l
     syms = _varying_symbols(outs, leaves)
     exprs = _expressions(outs, syms)
@@ -228,7 +228,7 @@ def _check_hessian(
     if len(outs) != 1:
         raise ValueError(f"check(order=2): takes a single output Value, got {len(outs)}")
     H = sg_hessian(outs[0], wrt=wrt, inputs=inputs, backend=backend)
-    wrt_l, inp_l = list(H._wrt), list(H._inputs)
+    wrt_l, inp_l = list(H.wrt), list(H.inputs)
     leaves = wrt_l + inp_l
     P = len(wrt_l)
     syms = _varying_symbols(outs, leaves)
