@@ -4,14 +4,13 @@ The public API (see README): `Value`, `compile`, `Compiled`, `jvp`, `hvp`, `hess
 `check`, `draw_dot`, the op functions (`tanh`, `exp`, ...) and the pipeline's stages as modules.
 """
 
+from ._version import __version__ as __version__
 from .compiled import Compiled, compile
 from .engine import Value
 from .higher import hessian, hvp, jvp
 from .ops import COS, EXP, LOG, OPS, RELU, SIGMOID, SIN, TANH
 from .symbolic import CheckResult, GradientMismatch, check, to_sympy
 from .viz import draw_dot, draw_ir
-
-__version__ = "0.1.0"
 
 # the op table's entries work on floats, Values and IR handles alike: sg.tanh(x)
 tanh, exp, log, relu, sigmoid, sin, cos = TANH, EXP, LOG, RELU, SIGMOID, SIN, COS

@@ -1,7 +1,7 @@
 """The persistent cache: generated modules written to files, so Numba can cache their machine code.
 
-Imports nothing from symgrad but its version. Numba's ``cache=True`` cannot cache functions made
-by ``exec`` (it needs a source file), so a generated module is written to
+Imports nothing from symgrad but `_version`. Numba's ``cache=True`` cannot cache functions
+made by ``exec`` (it needs a source file), so a generated module is written to
 ``<cache dir>/<name>_<hash>.py``, imported from there, and JIT-compiled with ``cache=True``; a
 second process compiling the same model finds Numba's cached machine code next to it.
 
@@ -67,7 +67,7 @@ def _versions() -> str:
     import numba
     import numpy
 
-    from . import __version__
+    from ._version import __version__
 
     return (
         f"symgrad {__version__}; numba {numba.__version__}; numpy {numpy.__version__}; "

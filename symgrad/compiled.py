@@ -1,28 +1,27 @@
 """`compile` and the `Compiled` object users hold: calls, batch, forward, ir, source, stats.
 
-Imports every stage above it: trace -> autodiff -> passes -> codegen. Arguments are validated
-here, before any compiled code runs, so a user sees a clear ValueError/TypeError naming the
-argument, never a Numba typing error.
+Imports `engine`, `ir`, `layout`, `autodiff`, `passes`, `pipeline`, `cache`, `jit` and the
+`executors` registry (never a concrete executor). Arguments are validated here, before any
+compiled code runs, so a user sees a clear ValueError/TypeError naming the argument, never a
+Numba typing error; the executor the registry chose runs the kernels.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import os
-import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from . import cache, codegen, tape, vector
+from . import cache, executors, jit
 from .autodiff import name_gradients, value_and_grad
-from .engine import Value, topological_order
+from .engine import Value
 from .ir import Const, Func, Var, atom_text, evaluate, first_nonfinite, instr_text, names, verify
+from .layout import Kernel, Layout
 from .passes import optimize as run_passes
-from .trace import Traced, as_outputs, trace
+from .pipeline import back_end, debug, debug_level, front_end, gc_paused, record_stage
+from .trace import Traced
 
 __all__ = ["Compiled", "Program", "compile"]
 
@@ -51,8 +50,9 @@ def compile(
             with each dense layer as one matrix product (BLAS): the fastest on large batches
             of big models, but sums may be added in another order, so results agree with the
             other backends to rounding (a few 1e-15 of the largest term) rather than exactly;
-            "python": the line-by-line source, not JIT'd (readable, debuggable).
-            ``f.stats["lowering"]`` says which lowering was used.
+            "python": the line-by-line source, not JIT'd (readable, debuggable); "lines": always
+            line by line under Numba. ``f.stats["lowering"]`` says which lowering was used and
+            ``f.stats["executor"]`` which executor runs it (``f.executor``).
         optimize: run the passes (folding, simplification, CSE, DCE) before generating code.
         name: the generated function's name (sanitised); default "f".
     Returns:
@@ -62,115 +62,11 @@ def compile(
         traced, stats, t0 = front_end(outputs, wrt, inputs, backend, name)
         t = time.perf_counter()
         grad_func = value_and_grad(traced.func, len(traced.wrt))
-        _stage(stats, "autodiff", grad_func, t)
+        record_stage(stats, "autodiff", grad_func, t)
         grad_func = back_end(grad_func, stats, optimize)
         grad_func = verify(name_gradients(grad_func, len(traced.outputs), len(traced.wrt)))
         fwd_func = verify(run_passes(traced.func)[0] if optimize else traced.func)
         return Compiled(traced, grad_func, fwd_func, backend, stats, t0)
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector: compiling allocates many small objects and no
-    cycles, and collections triggered by the allocations made the passes superlinear."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-def front_end(
-    outputs: Value | Iterable[Value], wrt: Sequence[Value] | None, inputs: Sequence[Value],
-    backend: str, name: str | None,
-) -> tuple[Traced, dict[str, Any], float]:
-    """Validate what every compiling entry point takes, pick the default `wrt`, and trace.
-
-    Returns:
-        the traced graph, a fresh `stats` dict (with the trace stage) and the start time.
-    """
-    if backend not in codegen.BACKENDS:
-        raise ValueError(f"backend must be one of {codegen.BACKENDS}, got {backend!r}")
-    outs = as_outputs(outputs)
-    inputs = _leaf_list(inputs, "inputs")
-    if wrt is None:
-        given = {id(v) for v in inputs}
-        wrt = [
-            v for v in topological_order(outs)
-            if not v._prev and not v._lit and id(v) not in given
-        ]
-    wrt = _leaf_list(wrt, "wrt")
-    stats: dict[str, Any] = {"backend": backend, "nodes": {}, "seconds": {}}
-    t0 = time.perf_counter()
-    traced = trace(outs, wrt, inputs, name=_func_name(name))
-    _stage(stats, "trace", traced.func, t0)
-    return traced, stats, t0
-
-
-def back_end(func: Func, stats: dict[str, Any], optimize: bool) -> Func:
-    """Run the passes (when `optimize`), recording instruction counts and seconds in `stats`."""
-    if debug_level() >= 1:
-        _debug(f"before the passes ({len(func.body)} instructions)", func)
-    if optimize:
-        t = time.perf_counter()
-        hook = (lambda name, f: _debug(f"after {name}", f)) if debug_level() >= 1 else None
-        func, log = run_passes(func, on_pass=hook)
-        for pname, n, _sec in log:
-            stats["nodes"].setdefault(pname, n)  # after the first round of each pass
-        stats["passes"] = log
-        stats["seconds"]["passes"] = time.perf_counter() - t
-    stats["nodes"]["final"] = len(func.body)
-    return verify(func)
-
-
-def debug_level() -> int:
-    """``SYMGRAD_DEBUG``: 1 prints the IR after every pass, 2 also the generated source."""
-    try:
-        return int(os.environ.get("SYMGRAD_DEBUG", "0"))
-    except ValueError:
-        return 0
-
-
-def _debug(title: str, text: object) -> None:
-    print(f"# symgrad: {title}\n{text}\n", file=sys.stderr)
-
-
-def _stage(stats: dict[str, Any], stage: str, func: Func, t0: float) -> None:
-    stats["nodes"][stage] = len(func.body)
-    stats["seconds"][stage] = time.perf_counter() - t0
-
-
-def _func_name(name: str | None) -> str:
-    from .ir import sanitize
-
-    if name is None:
-        return "f"
-    if not isinstance(name, str):
-        raise TypeError(f"name: expected a str, got {type(name).__name__}")
-    return sanitize(name) or "f"
-
-
-def _leaf_list(leaves: Any, what: str) -> list[Value]:
-    if isinstance(leaves, Value):
-        return [leaves]
-    if isinstance(leaves, (str, bytes)) or not isinstance(leaves, Iterable):
-        raise TypeError(f"{what}: expected a list of Value leaves, got {type(leaves).__name__}")
-    return list(leaves)
-
-
-# graphs with more instructions than this are not compiled line by line (Numba's compile time
-# grows faster than linearly with function length) but lowered to a tape
-LINE_LIMIT = 1500
-
-
-def _lowering(backend: str, func: Func) -> str:
-    if backend in ("tape", "vector"):
-        return "tape"
-    if backend == "numba" and len(func.body) > LINE_LIMIT:
-        return "tape"
-    return "lines"
 
 
 class Program:
@@ -180,8 +76,8 @@ class Program:
     """
 
     def __init__(
-        self, traced: Traced, kernels: list[tuple[Func, str, codegen.Layout]], backend: str,
-        stats: dict[str, Any], t0: float,
+        self, traced: Traced, kernels: list[Kernel], backend: str, stats: dict[str, Any],
+        t0: float,
     ) -> None:
         self.backend = backend
         self.traced_ir = traced.func
@@ -192,41 +88,27 @@ class Program:
         self.n_out = len(traced.outputs)
         self.stats = stats
         self.name = traced.func.name
-        self.lowering = _lowering(backend, kernels[0][0])
-        stats["lowering"] = self.lowering
-        self._layouts = {name: lay for _, name, lay in kernels}
+        header = (
+            f"generated by symgrad from {self.name}: {self.n_params} parameter(s), "
+            f"{self.n_inputs} input(s), {self.n_out} output(s)"
+        )
         t = time.perf_counter()
-        if self.lowering == "tape":
-            self._module: codegen.Module | None = None
-            counts = {name: (tape.n_uniform(lay), tape.n_assigned(lay)) for _, name, lay in kernels}
-            self._tapes = {name: tape.lower(func, *counts[name]) for func, name, _ in kernels}
-            if backend == "vector":  # plan now (inside compile's gc pause), not on first call
-                extra = [vector.plan(tp, *counts[n]).describe() for n, tp in self._tapes.items()]
-            else:
-                extra = [tape.interpreter_source()]
-            self.source = "\n\n".join(
-                [f"# {name}\n{tp.describe()}" for name, tp in self._tapes.items()] + extra
-            )
-        else:
-            header = (
-                f"generated by symgrad from {self.name}: {self.n_params} parameter(s), "
-                f"{self.n_inputs} input(s), {self.n_out} output(s)"
-            )
-            self.source = codegen.module_source(header, kernels)
+        kind = executors.select(backend, kernels)
+        self.executor: executors.Executor = kind(kernels, self.name, header)
+        self.lowering = kind.lowering
+        stats["lowering"] = kind.lowering
+        stats["executor"] = kind.name
+        self.source = self.executor.source
         stats["seconds"]["codegen"] = time.perf_counter() - t
         if debug_level() >= 2:
-            _debug(f"generated source of {self.name} ({self.lowering})", self.source)
+            debug(f"generated source of {self.name} ({self.lowering})", self.source)
         t = time.perf_counter()
-        before = codegen.CACHE_EVENTS.copy()
-        if self.lowering == "tape":
-            if backend != "vector":
-                tape.interpreter(self._jit_backend)  # compiled once per process
-        else:
-            self._module = codegen.Module(self.source, self.name, backend, self._layouts)
-            self._module.get(kernels[0][1])  # JIT the main kernel now: compile time is paid here
+        before = jit.CACHE_EVENTS.copy()
+        self.executor.prepare()  # JIT what the first call needs now: compile time is paid here
         stats["seconds"]["jit"] = time.perf_counter() - t
+        stats.update(self.executor.stats)
         d = cache.cache_dir()
-        stats["cache"] = {"dir": str(d) if d else None, **(codegen.CACHE_EVENTS - before)}
+        stats["cache"] = {"dir": str(d) if d else None, **(jit.CACHE_EVENTS - before)}
         stats["seconds"]["total"] = time.perf_counter() - t0
 
     @property
@@ -257,30 +139,11 @@ class Program:
         """The `inputs` leaves' current ``.data``, the default `inputs`."""
         return np.array([v.data for v in self._inputs], dtype=np.float64)
 
-    @property
-    def _jit_backend(self) -> str:
-        return "python" if self.backend == "python" else "numba"
-
-    def _run(self, kernel: str, batch: str | None, *arrays: np.ndarray) -> None:
-        if self._module is None:
-            with np.errstate(all="ignore"):
-                tp, layout = self._tapes[kernel], self._layouts[kernel]
-                if self.backend == "vector":
-                    vector.run_layout(tp, layout, batch, arrays)
-                else:
-                    tape.run_layout(tp, layout, self._jit_backend, batch, arrays)
-            return
-        parallel = False
-        if batch is not None:  # rows are counted on the first per-row argument
-            layout = self._layouts[kernel]
-            first = next(i for i, (nm, _) in enumerate(layout.args) if nm in layout.per_row)
-            parallel = arrays[first].shape[0] >= codegen.PARALLEL_ROWS
-        fn = self._module.get(kernel, batch, parallel)
-        if self.backend == "python":
-            with np.errstate(all="ignore"):  # IEEE results, as Numba's error_model="numpy"
-                fn(*arrays)
+    def _run(self, kernel: str, batch: executors.BatchMode | None, *arrays: np.ndarray) -> None:
+        if batch is None:
+            self.executor.call(kernel, arrays)
         else:
-            fn(*arrays)
+            self.executor.batch(kernel, arrays, batch)
 
     def _params(self, params: Any, what: str = "params") -> np.ndarray:
         if params is None:
@@ -339,15 +202,14 @@ class Compiled(Program):
         args = (("params", P), ("inputs", n_in))
         self._vg = f"{traced.func.name}_value_and_grad"
         self._fw = f"{traced.func.name}_forward"
-        grad_layout = codegen.Layout(
+        grad_layout = Layout(
             args, (("out", (n_out,)), ("grad", (n_out, P))),
             accumulate=frozenset({"grad"}), per_row=frozenset({"inputs"}),
         )
-        fwd_layout = codegen.Layout(args, (("out", (n_out,)),), per_row=frozenset({"inputs"}))
-        super().__init__(
-            traced, [(grad_func, self._vg, grad_layout), (fwd_func, self._fw, fwd_layout)],
-            backend, stats, t0,
-        )
+        fwd_layout = Layout(args, (("out", (n_out,)),), per_row=frozenset({"inputs"}))
+        kernels = [Kernel(grad_func, self._vg, grad_layout),
+                   Kernel(fwd_func, self._fw, fwd_layout)]
+        super().__init__(traced, kernels, backend, stats, t0)
 
     def debug(self, params: Any = None, inputs: Any = None) -> str:
         """Where a nan or inf first appears at `params`/`inputs`, as a readable report.

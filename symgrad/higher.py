@@ -1,8 +1,8 @@
 """Higher-order compiled functions of a Value graph: `jvp`, `hvp` and `hessian`.
 
-Imports `trace`, `autodiff`, `passes`, `ir`, `codegen` and `compiled` (the `Program` base
-class and the front and back ends every compiling entry point shares). Each traces the graph,
-applies IR transforms from `autodiff` (forward mode; forward-over-reverse for second
+Imports `engine`, `trace`, `autodiff`, `passes`, `ir`, `layout`, `pipeline` (the front and back
+ends every compiling entry point shares) and `compiled` (the `Program` base class). Each traces
+the graph, applies IR transforms from `autodiff` (forward mode; forward-over-reverse for second
 derivatives), optimises the result and builds a `Program` with its own kernel layout, so
 backends, argument validation, ``ir``, ``source`` and ``stats`` work as they do for `compile`.
 """
@@ -15,13 +15,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import codegen
 from .autodiff import jvp as jvp_transform
 from .autodiff import value_and_grad, value_grad_and_hessian
-from .compiled import Program, _stage, back_end, front_end, gc_paused
+from .compiled import Program
 from .engine import Value
 from .ir import Func
+from .layout import Kernel, Layout
 from .passes import dce
+from .pipeline import back_end, front_end, gc_paused, record_stage
 from .trace import Traced, as_outputs
 
 __all__ = ["Hessian", "Hvp", "Jvp", "hessian", "hvp", "hvp_func", "jvp"]
@@ -138,7 +139,7 @@ def _build(
     traced, stats, t0 = front_end(outs, wrt, inputs, backend, name)
     t = time.perf_counter()
     func = transform(traced.func, len(traced.wrt))
-    _stage(stats, what, func, t)
+    record_stage(stats, what, func, t)
     return cls(traced, back_end(func, stats, optimize), backend, stats, t0)
 
 
@@ -161,14 +162,14 @@ class Jvp(Program):
         self, traced: Traced, func: Func, backend: str, stats: dict[str, Any], t0: float
     ) -> None:
         P, n_in, n_out = len(traced.wrt), len(traced.inputs), len(traced.outputs)
-        layout = codegen.Layout(
+        layout = Layout(
             (("params", P), ("params_dot", P), ("inputs", n_in)),
             (("out", (n_out,)), ("out_dot", (n_out,))),
             per_row=frozenset({"inputs"}),
         )
         self.ir = func
         self._kernel = f"{traced.func.name}_jvp"
-        super().__init__(traced, [(self.ir, self._kernel, layout)], backend, stats, t0)
+        super().__init__(traced, [Kernel(self.ir, self._kernel, layout)], backend, stats, t0)
 
     def __call__(
         self, params: Any = None, tangent: Any = None, inputs: Any = None
@@ -201,14 +202,14 @@ class Hvp(Program):
         self, traced: Traced, func: Func, backend: str, stats: dict[str, Any], t0: float
     ) -> None:
         P, n_in = len(traced.wrt), len(traced.inputs)
-        layout = codegen.Layout(
+        layout = Layout(
             (("params", P), ("params_dot", P), ("inputs", n_in)),
             (("grad", (P,)), ("grad_dot", (P,))),
             per_row=frozenset({"inputs"}),
         )
         self.ir = func
         self._kernel = f"{traced.func.name}_hvp"
-        super().__init__(traced, [(self.ir, self._kernel, layout)], backend, stats, t0)
+        super().__init__(traced, [Kernel(self.ir, self._kernel, layout)], backend, stats, t0)
 
     def __call__(
         self, params: Any = None, v: Any = None, inputs: Any = None
@@ -235,14 +236,14 @@ class Hessian(Program):
         self, traced: Traced, func: Func, backend: str, stats: dict[str, Any], t0: float
     ) -> None:
         P, n_in = len(traced.wrt), len(traced.inputs)
-        layout = codegen.Layout(
+        layout = Layout(
             (("params", P), ("inputs", n_in)),
             (("out", (1,)), ("grad", (P,)), ("hess", (P, P))),
             accumulate=frozenset({"grad", "hess"}), per_row=frozenset({"inputs"}),
         )
         self.ir = func
         self._kernel = f"{traced.func.name}_hessian"
-        super().__init__(traced, [(self.ir, self._kernel, layout)], backend, stats, t0)
+        super().__init__(traced, [Kernel(self.ir, self._kernel, layout)], backend, stats, t0)
 
     def __call__(
         self, params: Any = None, inputs: Any = None

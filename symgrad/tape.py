@@ -1,43 +1,33 @@
-"""The large-graph lowering: a levelled tape run by one interpreter compiled once per op table.
+"""The large-graph lowering: an IR function as a levelled tape of runs over a slot workspace.
 
-Imports `ops`, `ir` and `codegen`. Numba's compile time grows faster than linearly with the
-length of straight-line code (minutes for the 50k statements of an MLP(16,[64,64,1]) gradient),
-so big graphs are not compiled line by line. Instead:
+Imports `ops` and `ir`. Numba's compile time grows faster than linearly with the length of
+straight-line code (minutes for the 50k statements of an MLP(16,[64,64,1]) gradient), so big
+graphs are not compiled line by line. Instead, in named steps (`lower`):
 
-1. instructions are grouped into *runs*: same op, same level of the dependency graph (so no
-   instruction of a run reads another's result). A micrograd model has few distinct levels and
-   ops, so it becomes a few hundred runs however many neurons it has: every product
-   ``w[i, j] * x[j]`` of a layer is one run, every step of the neurons' sums another;
-2. every value gets a slot of a workspace, reused once the value is dead (linear scan over runs);
-3. one generic interpreter, generated from the op table's templates and JIT-compiled once, runs
-   each run as a loop over its index arrays, on a block of examples at a time, laid out
-   structure-of-arrays (``work[slot, example]``) so the innermost loop is over examples and
-   vectorises.
-
-Compile time is the Python work of steps 1-2, linear in the graph; the per-instruction cost at
-run time is an indexed load/op/store, with no per-graph JIT.
+1. `fuse_dots`: left-folded sums of products (a neuron's ``b + w0*x0 + ...``, a backward sum of
+   ``w * ct``) become single fused steps whose terms keep the original order;
+2. `_runs`: steps are grouped into *runs*: same op, same level of the dependency graph (so no
+   step of a run reads another's result). A micrograd model has few distinct levels and ops, so
+   it becomes a few dozen runs however many neurons it has;
+3. `_allocate`: every value gets a slot of a workspace, reused once the value is dead (linear
+   scan over runs);
+4. `_pack`: the runs become flat index arrays, the `Tape` an executor runs (see
+   `symgrad.executors`): the per-instruction cost at run time is an indexed load/op/store, with
+   no per-graph JIT. Compile time is the Python work of these steps, linear in the graph.
 """
 
 from __future__ import annotations
 
-import functools
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from . import cache
-from .codegen import IEEE_NUMPY, Layout, exec_source, jit_compile
 from .ir import Atom, Const, Func, Var
 from .ops import OPS
 
-__all__ = [
-    "BLOCK", "Tape", "interpreter_source", "lower", "run", "run_layout", "with_layout",
-]
+__all__ = ["DOT", "OPCODES", "Tape", "fuse_dots", "lower"]
 
-BLOCK = 32  # examples per block: the innermost loop's length
 OPCODES: dict[str, int] = {name: i for i, name in enumerate(sorted(OPS))}
 DOT = len(OPCODES)  # the tape's own fused op (see `fuse_dots`)
 MIN_DOT_TERMS = 3  # shorter sums stay as they are
@@ -211,6 +201,21 @@ def lower(func: Func, n_uniform: int = 0, n_assigned: int | None = None) -> Tape
     n_assigned = len(func.results) if n_assigned is None else n_assigned
     reduced = _reduced_products(func, steps, n_assigned)
     steps = [st for st in steps if st.out not in reduced]
+    runs = _runs(func, steps)
+    slots = _allocate(func, steps, runs, reduced, n_uniform)
+    return _pack(func, steps, runs, slots, reduced)
+
+
+@dataclass
+class _Runs:
+    """Steps grouped into runs: ``groups[g]`` are step indices, ``keys[g]`` (level, opcode)."""
+
+    groups: list[list[int]]
+    keys: list[tuple[int, int]]
+
+
+def _runs(func: Func, steps: list[_Step]) -> _Runs:
+    """Level every step (1 + its operands' highest level) and group equal (level, op) runs."""
     level: dict[Var, int] = {a: 0 for a in func.args}
     order = []
     for idx, st in enumerate(steps):
@@ -218,113 +223,126 @@ def lower(func: Func, n_uniform: int = 0, n_assigned: int | None = None) -> Tape
         level[st.out] = lv
         order.append((lv, st.op, idx))
     order.sort()
-    # runs: maximal groups with equal (level, opcode)
-    groups: list[list[int]] = []
-    keys: list[tuple[int, int]] = []
+    runs = _Runs([], [])
     for lv, opc, idx in order:
-        if keys and keys[-1] == (lv, opc):
-            groups[-1].append(idx)
+        if runs.keys and runs.keys[-1] == (lv, opc):
+            runs.groups[-1].append(idx)
         else:
-            keys.append((lv, opc))
-            groups.append([idx])
+            runs.keys.append((lv, opc))
+            runs.groups.append([idx])
+    return runs
 
-    # last run that reads each value; results stay live to the end
-    last_use: dict[Any, int] = {}
-    for g, members in enumerate(groups):
-        for idx in members:
-            for a in steps[idx].operands():
-                last_use[_key(a)] = g
-    for r in func.results:
-        last_use[_key(r)] = len(groups)
-    for x, y in reduced.values():
-        last_use[_key(x)] = last_use[_key(y)] = len(groups)
 
-    slot_of: dict[Any, int] = {}
-    free: list[int] = []
-    n_slots = 0
+@dataclass
+class _Slots:
+    """Workspace slots: of every value (by `_key`), the literals' values, the uniform slots."""
 
-    def new_slot() -> int:
-        nonlocal n_slots
-        if free:
-            return free.pop()
-        n_slots += 1
-        return n_slots - 1
+    slot_of: dict[Any, int] = field(default_factory=dict)
+    consts: dict[Any, float] = field(default_factory=dict)
+    uniform: set[int] = field(default_factory=set)
+    n_slots: int = 0
+    free: list[int] = field(default_factory=list)
 
+    def new(self) -> int:
+        if self.free:
+            return self.free.pop()
+        self.n_slots += 1
+        return self.n_slots - 1
+
+
+def _allocate(func: Func, steps: list[_Step], runs: _Runs,
+              reduced: dict[Atom, tuple[Atom, Atom]], n_uniform: int) -> _Slots:
+    """Give every value a slot, freeing a slot after the last run that reads its value."""
+    last_use = _last_uses(func, steps, runs, reduced)
+    sl = _Slots()
     for a in func.args:  # arguments and literals keep their slots for the whole tape
-        slot_of[_key(a)] = new_slot()
-    consts: dict[Any, float] = {}
+        sl.slot_of[_key(a)] = sl.new()
     results = [r for r in func.results if not (isinstance(r, Var) and r in reduced)]
     for a in [x for st in steps for x in st.operands()] + results + [
         x for pair in reduced.values() for x in pair
     ]:
-        if isinstance(a, Const) and _key(a) not in slot_of:
-            slot_of[_key(a)] = new_slot()
-            consts[_key(a)] = a.value
-    pinned = set(slot_of.values())
-    uniform = {slot_of[_key(a)] for a in func.args[:n_uniform]} | {
-        slot_of[k] for k in consts
+        if isinstance(a, Const) and _key(a) not in sl.slot_of:
+            sl.slot_of[_key(a)] = sl.new()
+            sl.consts[_key(a)] = a.value
+    pinned = set(sl.slot_of.values())
+    sl.uniform = {sl.slot_of[_key(a)] for a in func.args[:n_uniform]} | {
+        sl.slot_of[k] for k in sl.consts
     }
-
     by_run: dict[int, list[Any]] = {}
     for k, g in last_use.items():
         by_run.setdefault(g, []).append(k)
+    for g, members in enumerate(runs.groups):
+        # outputs are allocated before this run's dead operands are freed, so no step of a run
+        # overwrites an operand another step of the same run still has to read
+        for idx in members:
+            sl.slot_of[_key(steps[idx].out)] = sl.new()
+        sl.free += [sl.slot_of[k] for k in by_run.get(g, ()) if sl.slot_of[k] not in pinned]
+        # a value never read after its own run (dead code) is freed too
+        sl.free += [sl.slot_of[_key(steps[i].out)] for i in members
+                    if _key(steps[i].out) not in last_use]
+    return sl
 
+
+def _last_uses(func: Func, steps: list[_Step], runs: _Runs,
+               reduced: dict[Atom, tuple[Atom, Atom]]) -> dict[Any, int]:
+    """The last run that reads each value; results stay live to the end."""
+    last_use: dict[Any, int] = {}
+    for g, members in enumerate(runs.groups):
+        for idx in members:
+            for a in steps[idx].operands():
+                last_use[_key(a)] = g
+    end = len(runs.groups)
+    for r in func.results:
+        last_use[_key(r)] = end
+    for x, y in reduced.values():
+        last_use[_key(x)] = last_use[_key(y)] = end
+    return last_use
+
+
+def _pack(func: Func, steps: list[_Step], runs: _Runs, sl: _Slots,
+          reduced: dict[Atom, tuple[Atom, Atom]]) -> Tape:
+    """The runs as flat index arrays, in run order."""
     n = len(steps)
-    out = np.zeros(n, np.int64)
-    a0 = np.zeros(n, np.int64)
-    a1 = np.zeros(n, np.int64)
+    out, a0, a1 = (np.zeros(n, np.int64) for _ in range(3))
     p = np.zeros(n, np.float64)
     ta: list[int] = []
     tb: list[int] = []
     tu: list[int] = []
-    runs = np.zeros((len(groups), 3), np.int64)
+    run_rows = np.zeros((len(runs.groups), 3), np.int64)
     pos = 0
-    for g, members in enumerate(groups):
-        # outputs are allocated before this run's dead operands are freed, so no instruction of
-        # a run overwrites an operand another instruction of the same run still has to read
+    for g, members in enumerate(runs.groups):
         for idx in members:
             st = steps[idx]
-            s = new_slot()
-            slot_of[_key(st.out)] = s
-            out[pos] = s
+            out[pos] = sl.slot_of[_key(st.out)]
             if st.terms is not None:
                 a0[pos] = len(ta)
                 for x, y in st.terms:
-                    sx, sy = slot_of[_key(x)], slot_of[_key(y)]
-                    if sx in uniform and sy not in uniform:
+                    sx, sy = sl.slot_of[_key(x)], sl.slot_of[_key(y)]
+                    if sx in sl.uniform and sy not in sl.uniform:
                         sx, sy = sy, sx  # products commute exactly: keep the uniform one second
                     ta.append(sx)
                     tb.append(sy)
-                    tu.append(int(sy in uniform))
+                    tu.append(int(sy in sl.uniform))
                 a1[pos] = len(ta)
             else:
-                a0[pos] = slot_of[_key(st.args[0])]
-                a1[pos] = slot_of[_key(st.args[1])] if len(st.args) > 1 else 0
+                a0[pos] = sl.slot_of[_key(st.args[0])]
+                a1[pos] = sl.slot_of[_key(st.args[1])] if len(st.args) > 1 else 0
                 p[pos] = st.p
             pos += 1
-        runs[g] = (keys[g][1], pos - len(members), pos)
-        for k in by_run.get(g, ()):
-            s = slot_of[k]
-            if s not in pinned:
-                free.append(s)
-        # a value never read after its own run (dead code) is freed too
-        for idx in members:
-            k = _key(steps[idx].out)
-            if k not in last_use:
-                free.append(slot_of[k])
+        run_rows[g] = (runs.keys[g][1], pos - len(members), pos)
+    slot = sl.slot_of
     return Tape(
-        n_slots=max(n_slots, 1),
-        arg_slots=np.array([slot_of[_key(a)] for a in func.args], np.int64),
+        n_slots=max(sl.n_slots, 1),
+        arg_slots=np.array([slot[_key(a)] for a in func.args], np.int64),
         result_slots=np.array(
-            [slot_of[_key(reduced[r][0] if r in reduced else r)] for r in func.results], np.int64
+            [slot[_key(reduced[r][0] if r in reduced else r)] for r in func.results], np.int64
         ),
         result_b=np.array(
-            [slot_of[_key(reduced[r][1])] if r in reduced else -1 for r in func.results],
-            np.int64,
+            [slot[_key(reduced[r][1])] if r in reduced else -1 for r in func.results], np.int64
         ),
-        const_slots=np.array([slot_of[k] for k in consts], np.int64),
-        const_values=np.array(list(consts.values()), np.float64),
-        runs=runs, out=out, a0=a0, a1=a1, p=p,
+        const_slots=np.array([slot[k] for k in sl.consts], np.int64),
+        const_values=np.array(list(sl.consts.values()), np.float64),
+        runs=run_rows, out=out, a0=a0, a1=a1, p=p,
         ta=np.array(ta, np.int64), tb=np.array(tb, np.int64), tu=np.array(tu, np.int64),
     )
 
@@ -349,304 +367,3 @@ def _reduced_products(
 
 def _key(a: Atom) -> Any:
     return a if isinstance(a, Var) else ("const", a)
-
-
-# ---- the interpreter -------------------------------------------------------------------------
-
-
-def interpreter_source() -> str:
-    """Source of ``run_block``, generated from the op table: one branch per op."""
-    lines = [
-        "# generated by symgrad from the op table: the tape interpreter",
-        "import numpy as np",
-        "",
-        "",
-        "def run_block(runs, out, a0, a1, p, ta, tb, tu, work, acc, nb):",
-        "    for r in range(runs.shape[0]):",
-        "        op = runs[r, 0]",
-        "        lo = runs[r, 1]",
-        "        hi = runs[r, 2]",
-    ]
-    first = True
-    for name, code in OPCODES.items():
-        op = OPS[name]
-        operands = ["work[a, e]", "work[b, e]"][: op.arity]
-        expr = op.py.format(*operands, p="pk")
-        kw = "if" if first else "elif"
-        first = False
-        lines += [
-            f"        {kw} op == {code}:  # {name}",
-            "            for k in range(lo, hi):",
-            "                o = out[k]",
-            "                a = a0[k]",
-            "                b = a1[k]",
-            "                pk = p[k]",
-            "                for e in range(nb):",
-            f"                    work[o, e] = {expr}",
-        ]
-    lines += [
-        f"        elif op == {DOT}:  # fused sum of products, in the original order",
-        "            for k in range(lo, hi):",
-        "                for t in range(a0[k], a1[k]):",
-        "                    a = ta[t]",
-        "                    b = tb[t]",
-        "                    if tu[t]:  # the same for every example: read it once",
-        "                        s = work[b, 0]",
-        "                        if t == a0[k]:",
-        "                            for e in range(nb):",
-        "                                acc[e] = work[a, e] * s",
-        "                        else:",
-        "                            for e in range(nb):",
-        "                                acc[e] = acc[e] + work[a, e] * s",
-        "                    elif t == a0[k]:",
-        "                        for e in range(nb):",
-        "                            acc[e] = work[a, e] * work[b, e]",
-        "                    else:",
-        "                        for e in range(nb):",
-        "                            acc[e] = acc[e] + work[a, e] * work[b, e]",
-        "                o = out[k]",
-        "                for e in range(nb):",
-        "                    work[o, e] = acc[e]",
-    ]
-    args = (
-        "tape_runs, out, a0, a1, p, ta, tb, tu,\n"
-        "        arg_slots, const_slots, const_values, result_slots, result_b,\n"
-        "        n_slots, block, n_chunks, params, X, n_out, values, acc, per_row"
-    )
-    lines += [
-        "",
-        "",
-        "def run_chunk(c, chunk_acc, " + args + "):",
-        "    # chunk c of the rows' blocks: params are broadcast over a block, X rows are",
-        "    # examples; the first n_out results are values, the rest are added into acc[row]",
-        "    # (per_row) or summed into chunk_acc[c]",
-        "    n = X.shape[0]",
-        "    n_params = params.shape[0]",
-        "    n_acc = result_slots.shape[0] - n_out",
-        "    n_blocks = (n + block - 1) // block",
-        "    work = np.empty((n_slots, block))",
-        "    dot_acc = np.empty(block)",
-        "    # one partial sum per lane (example slot of a block), summed once per chunk: the",
-        "    # lanes are independent, so the loop vectorises (a running scalar sum cannot)",
-        "    lanes = np.zeros((0 if per_row else n_acc, block))",
-        "    for s in range(const_slots.shape[0]):",
-        "        work[const_slots[s], :] = const_values[s]",
-        "    for j in range(n_params):",
-        "        work[arg_slots[j], :] = params[j]",
-        "    for bi in range(c * n_blocks // n_chunks, (c + 1) * n_blocks // n_chunks):",
-        "        start = bi * block",
-        "        nb = min(block, n - start)",
-        "        for j in range(X.shape[1]):",
-        "            s = arg_slots[n_params + j]",
-        "            for e in range(nb):",
-        "                work[s, e] = X[start + e, j]",
-        "        run_block(tape_runs, out, a0, a1, p, ta, tb, tu, work, dot_acc, nb)",
-        "        for k in range(n_out):",
-        "            s = result_slots[k]",
-        "            for e in range(nb):",
-        "                values[start + e, k] = work[s, e]",
-        "        for k in range(n_acc):",
-        "            s = result_slots[n_out + k]",
-        "            s2 = result_b[n_out + k]  # >= 0: the result is work[s] * work[s2]",
-        "            if per_row:",
-        "                if s2 < 0:",
-        "                    for e in range(nb):",
-        "                        acc[start + e, k] += work[s, e]",
-        "                else:",
-        "                    for e in range(nb):",
-        "                        acc[start + e, k] += work[s, e] * work[s2, e]",
-        "            elif s2 < 0:",
-        "                for e in range(nb):",
-        "                    lanes[k, e] += work[s, e]",
-        "            else:",
-        "                for e in range(nb):",
-        "                    lanes[k, e] += work[s, e] * work[s2, e]",
-        "    if not per_row:",
-        "        for k in range(n_acc):",
-        "            t = 0.0",
-        "            for e in range(block):",
-        "                t += lanes[k, e]",
-        "            chunk_acc[c, k] = t",
-    ]
-    batch = [
-        "",
-        "",
-        "def run_batch{suffix}(" + args + "):",
-        "    # the rows' blocks split into n_chunks chunks (one thread each in",
-        "    # run_batch_parallel), whose sums are added in chunk order: the result does not",
-        "    # depend on the number of threads",
-        "    chunk_acc = np.zeros((n_chunks, result_slots.shape[0] - n_out))",
-        "    for c in {rng}(n_chunks):",
-        "        run_chunk(c, chunk_acc, "
-        + args.replace("\n        ", "\n                  ") + ")",
-        "    if not per_row:",
-        "        for c in range(n_chunks):",
-        "            for k in range(chunk_acc.shape[1]):",
-        "                acc[0, k] += chunk_acc[c, k]",
-    ]
-    for suffix, rng in (("", "range"), ("_parallel", "prange")):
-        # two functions, not one built twice: Numba's disk cache does not tell the builds apart
-        lines += [ln.replace("{suffix}", suffix).replace("{rng}", rng) for ln in batch]
-    return "\n".join(lines) + "\n"
-
-
-_lock = threading.Lock()
-_interpreters: dict[tuple[str, bool], Callable[..., None]] = {}
-_namespaces: dict[str, tuple[dict[str, Any], bool]] = {}
-
-N_CHUNKS = 16  # at most; fixed, so results do not depend on the thread count
-# batches this large use the threaded build (numba). It gains from ~64 rows (100 rows of an
-# MLP(2,[16,16,1]) gradient: 73 -> 55 us on 2 cores), but Numba compiles it in ~3 s (once,
-# then disk-cached), so small batches keep the serial build, compiled in ~1 s
-PARALLEL_ROWS = 512
-
-
-def interpreter(backend: str, parallel: bool = False) -> Callable[..., None]:
-    """``run_batch`` for `backend`, built (and, for numba, JIT-compiled) once per process.
-
-    `parallel` asks for the threaded build (numba only); it computes the same numbers.
-    """
-    parallel = parallel and backend == "numba"
-    with _lock:
-        fn = _interpreters.get((backend, parallel))
-        if fn is not None:
-            return fn
-        if backend not in _namespaces:
-            src = interpreter_source()
-            mod, extra = None, None
-            if backend == "numba":
-                import numba
-
-                extra = {"prange": numba.prange}
-                mod = cache.load_module(src, "tape_interpreter", extra)
-            ns = mod.__dict__ if mod is not None else exec_source(src, "tape", extra)
-            if backend != "numba":
-                ns["np"] = IEEE_NUMPY  # after the source's own `import numpy as np`
-            _namespaces[backend] = (ns, mod is not None)
-        ns, cached = _namespaces[backend]
-        fn = ns["run_batch_parallel" if parallel else "run_batch"]
-        if backend == "numba":
-            fn = _jit_interpreter(ns, cached, parallel)
-        _interpreters[(backend, parallel)] = fn
-    return fn
-
-
-_I1 = "int64[::1]"
-_SIG_BLOCK = (
-    f"void(int64[:, ::1], {_I1}, {_I1}, {_I1}, float64[::1], {_I1}, {_I1}, {_I1}, "
-    "float64[:, ::1], float64[::1], int64)"
-)
-_SIG_BATCH = (
-    f"void(int64[:, ::1], {_I1}, {_I1}, {_I1}, float64[::1], {_I1}, {_I1}, {_I1}, {_I1}, "
-    f"{_I1}, float64[::1], {_I1}, {_I1}, int64, int64, int64, float64[::1], float64[:, ::1], "
-    "int64, float64[:, ::1], float64[:, ::1], boolean)"
-)
-
-
-_SIG_CHUNK = _SIG_BATCH.replace("void(", "void(int64, float64[:, ::1], ", 1)
-
-
-def _jit_interpreter(ns: dict[str, Any], cached: bool, parallel: bool) -> Callable[..., None]:
-    f = ns.get("__file__")
-    # the big serial functions are compiled on their own, so the parallel one stays small
-    # (Numba's parallel analysis of the whole interpreter took 4 s; of this loop, a fraction)
-    if not hasattr(ns["run_block"], "py_func"):
-        ns["run_block"] = jit_compile(ns["run_block"], _SIG_BLOCK, False, cached, f)
-    if not hasattr(ns["run_chunk"], "py_func"):
-        ns["run_chunk"] = jit_compile(ns["run_chunk"], _SIG_CHUNK, False, cached, f)
-    name = "run_batch_parallel" if parallel else "run_batch"
-    return jit_compile(ns[name], _SIG_BATCH, parallel, cached, f)
-
-
-def run(tape: Tape, backend: str, params: np.ndarray, X: np.ndarray, n_out: int,
-        values: np.ndarray, acc: np.ndarray, per_row: bool) -> None:
-    """Run `tape` over the rows of `X`: values ``(N, n_out)``; acc ``(1 or N, n_acc)``."""
-    n = X.shape[0]
-    fn = interpreter(backend, parallel=n >= PARALLEL_ROWS)
-    n_chunks = max(1, min(N_CHUNKS, (n + BLOCK - 1) // BLOCK))
-    fn(tape.runs, tape.out, tape.a0, tape.a1, tape.p, tape.ta, tape.tb, tape.tu,
-       tape.arg_slots, tape.const_slots, tape.const_values, tape.result_slots, tape.result_b,
-       tape.n_slots, BLOCK, n_chunks, params, X, n_out, values, acc, per_row)
-
-
-def n_assigned(layout: Layout) -> int:
-    """How many results of `layout` are assigned per row (they come before accumulated ones)."""
-    return sum(int(np.prod(s)) for nm, s in layout.results if nm not in layout.accumulate)
-
-
-def n_uniform(layout: Layout) -> int:
-    """How many leading arguments of `layout` are the same for every row of a batch."""
-    n = 0
-    for name, length in layout.args:
-        if name in layout.per_row:
-            break
-        n += length
-    return n
-
-
-Runner = Callable[[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray, bool], None]
-
-
-def run_layout(tape: Tape, layout: Layout, backend: str, batch: str | None,
-               arrays: tuple[np.ndarray, ...]) -> None:
-    """Run `tape` on `backend` with a kernel's calling convention (see `with_layout`)."""
-    with_layout(tape, layout, batch, arrays, functools.partial(run, tape, backend))
-
-
-def with_layout(tape: Tape, layout: Layout, batch: str | None, arrays: tuple[np.ndarray, ...],
-                runner: Runner) -> None:
-    """Run a tape executor with a kernel's calling convention (see `codegen.Layout`).
-
-    `arrays` are the kernel's arrays (batch None) or its batch loop's ("rows"/"sum"). Arguments
-    that are not per-row are broadcast over the rows; results assigned per row come before
-    accumulated ones, as in every kernel symgrad builds. `runner(params, X, n_out, values, acc,
-    per_row)` runs `tape` (`run` with a backend, or another executor).
-    """
-    n_args = len(layout.args)
-    names = [nm for nm, _ in layout.args]
-    if any(nm in layout.per_row for nm in names[: len(names) - len(layout.per_row)]):
-        raise ValueError(f"per-row arguments must come last in a tape layout, got {names}")
-    arg_arrays, res_arrays = arrays[:n_args], arrays[n_args:]
-    named = list(zip(names, arg_arrays, strict=True))
-    fixed = [a.reshape(-1) for nm, a in named if nm not in layout.per_row]
-    rows = [a for nm, a in named if nm in layout.per_row]
-    if batch is None:
-        rows = [r.reshape(1, -1) for r in rows]
-    n = rows[0].shape[0] if rows else 1
-    params = np.ascontiguousarray(np.concatenate(fixed)) if fixed else np.zeros(0)
-    X = np.ascontiguousarray(np.hstack(rows)) if rows else np.zeros((n, 0))
-    pairs = list(zip(layout.results, res_arrays, strict=True))
-    assigned = [a for (nm, _), a in pairs if nm not in layout.accumulate]
-    accumulated = [a for (nm, _), a in pairs if nm in layout.accumulate]
-    n_out = n_assigned(layout)
-    n_acc = len(tape.result_slots) - n_out
-    per_row = batch == "rows"
-    lead = n if per_row else 1
-    # with one result array of each kind (as `Compiled` has) the executor writes into it
-    values = _direct(assigned, (n, n_out))
-    values = np.zeros((n, n_out)) if values is None else values
-    acc = _direct(accumulated, (lead, n_acc))
-    acc = np.zeros((lead, n_acc)) if acc is None else acc
-    runner(params, X, n_out, values, acc, per_row)
-    col = 0
-    for a in assigned:
-        width = a.size // n if batch is not None else a.size
-        if not np.shares_memory(a, values):
-            a.reshape(n, width)[:] = values[:, col: col + width]
-        col += width
-    col = 0
-    for a in accumulated:
-        width = a.size // lead
-        if not np.shares_memory(a, acc):
-            a.reshape(lead, width)[:] += acc[:, col: col + width]
-        col += width
-
-
-def _direct(arrays: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray | None:
-    """The only array of `arrays` viewed as `shape`, when that is a view of float64 memory."""
-    if len(arrays) != 1:
-        return None
-    a = arrays[0]
-    if a.dtype != np.float64 or not a.flags.c_contiguous or a.size != shape[0] * shape[1]:
-        return None
-    return a.reshape(shape)

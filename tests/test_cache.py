@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import symgrad as sg
-from symgrad import cache, codegen
+from symgrad import cache, jit
 
 pytestmark = pytest.mark.slow  # every test here JIT-compiles in fresh processes
 
@@ -103,9 +103,9 @@ def test_cache_can_be_disabled_and_redirected(tmp_path, monkeypatch):
         cache.set_cache_dir(False)
         assert cache.cache_dir() is None
         a = sg.Value(1.5, label="a")
-        before = codegen.CACHE_EVENTS.copy()
+        before = jit.CACHE_EVENTS.copy()
         f = sg.compile(a.sin() * a, wrt=[a], name="nocache")
-        assert (codegen.CACHE_EVENTS - before).get("uncached", 0) >= 1
+        assert (jit.CACHE_EVENTS - before).get("uncached", 0) >= 1
         assert f.stats["cache"]["dir"] is None
         assert not (tmp_path / "here").exists()
         cache.set_cache_dir(tmp_path / "other")

@@ -124,7 +124,7 @@ def test_batch_equals_a_loop_of_calls(
 @pytest.mark.slow
 @pytest.mark.parametrize("reduce", ["sum", "none"])
 def test_large_batch_runs_in_parallel_and_equals_a_loop(reduce: str) -> None:
-    # enough rows for the multi-threaded loops (codegen.PARALLEL_ROWS)
+    # enough rows for the multi-threaded loops (the line executor's PARALLEL_ROWS)
     wrt, inputs, outs = _model()
     f = sg.compile(outs[0], wrt=wrt, inputs=inputs, name="big_batch")
     big = np.random.default_rng(1).normal(size=(2500, 2))
@@ -387,7 +387,7 @@ def _generated_functions(f: sg.Compiled) -> list[Callable[..., Any]]:
         if code is not None and code.co_filename.startswith("<symgrad"):
             found.append(obj)
             continue
-        if depth[id(obj)] >= 3:
+        if depth[id(obj)] >= 4:
             continue
         children: list[Any] = []
         if isinstance(obj, dict):
@@ -429,7 +429,7 @@ def test_generated_source_runs_as_plain_python() -> None:
     out, grad = np.zeros(1), np.zeros((1, 3))
     real(f.current_params(), f.current_inputs(), out, grad)
     np.testing.assert_allclose(out, f()[0], rtol=4e-16)
-    ns["np"] = sg.codegen.IEEE_NUMPY
+    ns["np"] = sg.jit.IEEE_NUMPY
     kernel = ns[f"{f.name}_value_and_grad"]
     out, grad = np.zeros(1), np.zeros((1, 3))
     kernel(f.current_params(), f.current_inputs(), out, grad)

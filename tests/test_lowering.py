@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import symgrad as sg
 from symgrad import tape
+from symgrad.executors.interpreter import run_tape
 from symgrad.nn import MLP
 from tests.strategies import programs, same_float, to_values
 
@@ -42,16 +43,13 @@ def mlp_pair():
     return model, x, y, loss, lines, tp
 
 
-def test_lowering_is_chosen_by_size_and_reported():
+def test_lowering_is_chosen_by_size_and_reported(monkeypatch):
     model, x, y, loss = _mlp_loss(2, 3)
     small = sg.compile(loss, wrt=model.parameters(), inputs=[*x, y], backend="python")
     assert small.stats["lowering"] == "lines"
-    old = sg.compiled.LINE_LIMIT
-    try:
-        sg.compiled.LINE_LIMIT = 10
-        big = sg.compile(loss, wrt=model.parameters(), inputs=[*x, y], backend="numba")
-    finally:
-        sg.compiled.LINE_LIMIT = old
+    monkeypatch.setattr(sg.executors, "LINE_LIMIT", 10)
+    big = sg.compile(loss, wrt=model.parameters(), inputs=[*x, y], backend="numba")
+    monkeypatch.undo()
     assert big.stats["lowering"] == "tape"
     assert "tape:" in big.source and "def run_block" in big.source
     p = small.current_params()
@@ -147,7 +145,7 @@ def test_runs_are_independent_and_slots_never_clobber_live_values(case):
     vals = np.zeros((1, n_out))
     acc = np.zeros((1, len(want) - n_out))
     # numba's np.tanh is libm's, as the evaluator's math.tanh (numpy's own may differ by an ulp)
-    tape.run(t, "numba", np.array(args[:1], float), np.array([args[1:]], float), n_out, vals,
+    run_tape(t, True, np.array(args[:1], float), np.array([args[1:]], float), n_out, vals,
              acc, False)
     got = list(vals[0]) + list(acc[0])
     for a, b in zip(got, want, strict=True):
@@ -171,17 +169,16 @@ def _same_at_every_thread_count(f, p, X):
 
 
 @pytest.mark.slow
-def test_batch_does_not_depend_on_the_thread_count(mlp_pair):
+def test_batch_does_not_depend_on_the_thread_count(mlp_pair, monkeypatch):
     _, _, _, _, lines, _ = mlp_pair
     p = lines.current_params()
     X = np.random.default_rng(3).normal(size=(5000, 4))  # above PARALLEL_ROWS: the threaded loop
     v0, g0 = _same_at_every_thread_count(lines, p, X)
     # the threaded build equals the serial one (same chunks, summed in the same order)
-    serial = lines._module.get(lines._vg, "sum", parallel=False)
-    vs, gs = np.zeros((len(X), 1)), np.zeros((1, lines.n_params))
-    serial(p, X, vs, gs)
-    assert np.array_equal(vs[:, 0], v0)
-    assert np.array_equal(gs[0], g0)
+    monkeypatch.setattr(type(lines.executor), "PARALLEL_ROWS", len(X) + 1)
+    vs, gs = lines.batch(p, X)
+    assert np.array_equal(vs, v0)
+    assert np.array_equal(gs, g0)
     _, rows = lines.batch(p, X, reduce="none")
     np.testing.assert_allclose(g0, rows.sum(0), rtol=1e-12, atol=1e-13)
 
@@ -197,7 +194,7 @@ def test_tape_batch_does_not_depend_on_the_thread_count(mlp_pair):
     # table's rules, libm's, as Numba does): same chunks, summed in the same order
     vs, gs = np.zeros((len(X), 1)), np.zeros((1, tp.n_params))
     with np.errstate(all="ignore"):
-        tape.run(tp._tapes[tp._vg], "python", p, X, 1, vs, gs, False)
+        run_tape(tp.executor.tapes[f"{tp.name}_value_and_grad"], False, p, X, 1, vs, gs, False)
     assert np.array_equal(vs[:, 0], v0) and np.array_equal(gs[0], g0)
     assert numba.threading_layer()  # a parallel region really ran
 
@@ -241,7 +238,7 @@ def test_fused_sums_are_bit_for_bit_the_unfused_ones(case):
 def test_mlp_layers_become_a_few_fused_runs():
     model, x, y, loss = _mlp_loss(4, 8)
     f = sg.compile(loss, wrt=model.parameters(), inputs=[*x, y], backend="tape")
-    t = f._tapes[f._vg]
+    t = f.executor.tapes[f"{f.name}_value_and_grad"]
     dots = [r for r in t.runs if r[0] == tape.DOT]
     assert len(dots) >= 4  # two layers forward, the backward sums
     assert len(t.runs) < 40 < len(f.ir.body)

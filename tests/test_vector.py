@@ -1,6 +1,6 @@
-"""The NumPy executor (`symgrad.vector`) computes what the Numba tape computes.
+"""The NumPy executor (`symgrad.executors.vector`) computes what the Numba tape computes.
 
-Oracle: the Numba tape interpreter (`tape.run`, i.e. ``backend="tape"``). The vector executor
+Oracle: the Numba tape interpreter (``backend="tape"``). The vector executor
 reorders sums (matrix products, per-chunk gradient sums), so results agree to about 1e-12
 relative, not bit for bit; nan and inf must appear in the same places. Sums it does NOT turn into
 matrix products (pooled terms, `np.add.reduceat`) keep the tape's order and so its bits.
@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import symgrad as sg
-from symgrad import tape, vector
+from symgrad.executors import REGISTRY, vector
 from symgrad.nn import MLP
 from symgrad.ops import OPS
 from tests.strategies import POW_EXPONENTS, programs, same_float, to_values
@@ -44,6 +44,25 @@ def _agrees(name: str, got: float, want: float) -> bool:
     # special results (nan, inf, signed zeros) must be exact; finite ones within the op's ulps
     finite = math.isfinite(want) and math.isfinite(got) and want != 0.0 and got != 0.0
     return finite and _ulps(got, want) <= ULPS.get(name, 0)
+
+
+_TWINS: dict[int, tuple[object, object]] = {}
+
+
+def _twin(f):
+    """The vector executor built from the same kernels as `f` (compiled with the tape)."""
+    hit = _TWINS.get(id(f))
+    if hit is None or hit[0] is not f:
+        hit = _TWINS[id(f)] = (f, REGISTRY["vector"](list(f.executor.kernels.values()), f.name, ""))
+    return hit[1]
+
+
+def _vg(f):
+    return next(iter(f.executor.kernels))  # the first kernel: value and gradient (or the jvp...)
+
+
+def _fw(f):
+    return f"{f.name}_forward"
 
 
 # ---- the op table's vectorised forms -----------------------------------------------------------
@@ -100,7 +119,7 @@ def test_pow_through_the_executor_keeps_libm_semantics(exps):
     col = np.array([*SPECIAL, -1e-300, 1e-300, *rng.normal(0, 10, 40)])
     X = np.column_stack([col, col[::-1]])
     got = np.zeros((len(X), len(outs)))
-    vector.run_layout(f._tapes[f._fw], f._layouts[f._fw], "rows", (np.zeros(0), X, got))
+    _twin(f).batch(_fw(f), (np.zeros(0), X, got), "rows")
     for r, row in enumerate(X):
         for c, (p, i) in enumerate((p, i) for p in exps for i in range(2)):
             want = OPS["pow"].impl(float(row[i]), p=p)
@@ -150,13 +169,12 @@ def _vector_batch(f, p, X, reduce):
     """`Compiled.batch` with the vector executor (what backend="vector" will do)."""
     n = X.shape[0]
     values = np.zeros((n, f.n_out))
-    kernel, layout = f._tapes[f._vg], f._layouts[f._vg]
     if reduce == "none":
         grads = np.zeros((n, f.n_out, f.n_params))
-        vector.run_layout(kernel, layout, "rows", (p, X, values, grads))
+        _twin(f).batch(_vg(f), (p, X, values, grads), "rows")
         return values[:, 0], grads[:, 0]
     acc = np.zeros((f.n_out, f.n_params))
-    vector.run_layout(kernel, layout, "sum", (p, X, values, acc))
+    _twin(f).batch(_vg(f), (p, X, values, acc), "sum")
     return values[:, 0], acc[0]
 
 
@@ -217,7 +235,7 @@ def test_mlp_single_row_and_single_call(mlp_case):
     # the single-call convention (batch None): arrays are the kernel's own
     value, grad = f(p, X[0])
     out, acc = np.zeros(1), np.zeros((1, f.n_params))
-    vector.run_layout(f._tapes[f._vg], f._layouts[f._vg], None, (p, X[0], out, acc))
+    _twin(f).call(_vg(f), (p, X[0], out, acc))
     _close(out, [value])
     _close(acc[0], grad)
 
@@ -227,21 +245,21 @@ def test_forward_only_layout(mlp_case):
     p = f.current_params()
     want = f.batch_forward(p, X)
     got = np.zeros((len(X), 1))
-    vector.run_layout(f._tapes[f._fw], f._layouts[f._fw], "rows", (p, X, got))
+    _twin(f).batch(_fw(f), (p, X, got), "rows")
     _close(got[:, 0], want)
 
 
 def test_the_lecture_mlp_becomes_matrix_products():
     """The plan the speed comes from: every layer one product, every weight gradient a grid."""
     f = _mlp(16, [64, 64, 1])
-    pl = vector.plan(f._tapes[f._vg], f.n_params, 1)
+    pl = vector.plan(f.executor.tapes[_vg(f)], f.n_params, 1)
     s = pl.stats
     assert s["matmuls"] == 4  # three layers forward, one backward through the hidden layer
     assert s["matmul_terms"] >= 0.98 * s["terms"]
     assert s["grids"] == 3 and s["grid_products"] == s["products"] == 16 * 64 + 64 * 64 + 64
     assert pl.n_rows < 1000  # per-example values only: parameters get no rows
     assert "matrix products" in pl.describe()
-    assert vector.plan(f._tapes[f._vg], f.n_params, 1) is pl  # built once
+    assert vector.plan(f.executor.tapes[_vg(f)], f.n_params, 1) is pl  # built once
 
 
 def test_frozen_weights_make_irregular_layers():
@@ -284,7 +302,7 @@ def test_gradients_that_are_products_of_every_kind():
     x = [sg.Value(0.0, label=f"x{i}") for i in range(4)]
     loss = w[0] * w[1] * x[0] + 3.0 * w[2] * w[3] + w[4] * x[1] * x[2] + (w[5] * x[3]).tanh()
     f = sg.compile(loss, wrt=w, inputs=x, backend="tape")
-    kinds = {k for k, *_ in vector.plan(f._tapes[f._vg], f.n_params, 1).results.per_row}
+    kinds = {k for k, *_ in vector.plan(f.executor.tapes[_vg(f)], f.n_params, 1).results.per_row}
     assert {"rr", "ru", "uu"} <= kinds, kinds
     X = np.random.default_rng(6).normal(size=(19, 4))
     for r in ("sum", "none"):
@@ -311,16 +329,16 @@ def test_higher_order_layouts():
     ]:
         h = build(loss, wrt=wrt, inputs=x, backend="tape")
         a, b = arrays(), arrays()
-        tape.run_layout(h._tapes[h._kernel], h._layouts[h._kernel], "numba", None, a)
-        vector.run_layout(h._tapes[h._kernel], h._layouts[h._kernel], None, b)
+        h.executor.call(_vg(h), a)
+        _twin(h).call(_vg(h), b)
         for got, want in zip(b[-2:], a[-2:], strict=True):
             _close(got, want)
     n, P = len(X), len(p)
     for batch, shapes in [("sum", [(n, 1), (P,), (P, P)]), ("rows", [(n, 1), (n, P), (n, P, P)])]:
         a = (p, X, *[np.zeros(s) for s in shapes])
         b = (p, X, *[np.zeros(s) for s in shapes])
-        tape.run_layout(h._tapes[h._kernel], h._layouts[h._kernel], "numba", batch, a)
-        vector.run_layout(h._tapes[h._kernel], h._layouts[h._kernel], batch, b)
+        h.executor.batch(_vg(h), a, batch)
+        _twin(h).batch(_vg(h), b, batch)
         for got, want in zip(b[2:], a[2:], strict=True):
             _close(got, want)
 
@@ -330,7 +348,6 @@ def test_higher_order_layouts():
 
 def _both(f, p, X, batch):
     """(tape, vector) results of the value-and-gradient kernel on the same arrays."""
-    kernel, layout = f._tapes[f._vg], f._layouts[f._vg]
     n = X.shape[0]
     out = []
     for run in ("tape", "vector"):
@@ -341,10 +358,11 @@ def _both(f, p, X, batch):
         else:
             arrays = (p, X, np.zeros((n, f.n_out)), np.zeros((f.n_out, f.n_params)))
         with np.errstate(all="ignore"):
-            if run == "tape":
-                tape.run_layout(kernel, layout, "numba", batch, arrays)
+            ex = f.executor if run == "tape" else _twin(f)
+            if batch is None:
+                ex.call(_vg(f), arrays)
             else:
-                vector.run_layout(kernel, layout, batch, arrays)
+                ex.batch(_vg(f), arrays, batch)
         out.append((arrays[2], arrays[3]))
     return out
 
@@ -428,7 +446,7 @@ def test_fused_sums_outside_matrix_products_keep_the_tapes_bits(case):
         (v1, g1), (v2, g2) = _both(f, p, X, batch)
         _close(v2, v1)
         _close(g2, g1)
-    pl = vector.plan(f._tapes[f._vg], f.n_params, f.n_out)
+    pl = vector.plan(f.executor.tapes[_vg(f)], f.n_params, f.n_out)
     if pl.stats["matmuls"] == 0:  # pooled sums only: the tape's order, so its bits
         (v1, _), (v2, _) = _both(f, p, X, "rows")
         assert np.array_equal(v1, v2)
@@ -449,5 +467,5 @@ def test_empty_batch_and_inf_inputs():
         _close(g2, g1)
     # no rows: nothing to do, nothing written
     values, acc = np.zeros((0, 1)), np.zeros((1, f.n_params))
-    vector.run(f._tapes[f._vg], p, np.zeros((0, 4)), 1, values, acc, False)
+    vector.run(f.executor.tapes[_vg(f)], p, np.zeros((0, 4)), 1, values, acc, False)
     assert not acc.any()

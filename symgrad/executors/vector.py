@@ -1,6 +1,6 @@
 """A NumPy executor for a `Tape`: whole batches at once, a dense layer as one matrix product.
 
-Imports `ops`, `codegen` and `tape`. The Numba interpreter (`tape.run`) walks the tape one
+Imports `ops`, `tape` and `executors.base`. The Numba interpreter walks the tape one
 instruction at a time over blocks of 32 examples; its cost is per instruction and per block.
 This executor makes one NumPy call per run of the tape over many examples at a time (up to
 `CHUNK` columns of a workspace ``work[row, example]``), which is what pays on wide models:
@@ -34,8 +34,6 @@ few ulps. This is an explicit opt-in backend for that reason.
 from __future__ import annotations
 
 import ast
-import functools
-import gc
 import itertools
 import threading
 import weakref
@@ -45,12 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from . import tape as _tape
-from .codegen import Layout
-from .ops import OPS, OpDef
-from .tape import DOT, OPCODES, Tape
+from ..ops import OPS, OpDef
+from ..tape import DOT, OPCODES, Tape
+from .base import TapeExecutor
 
-__all__ = ["CHUNK", "MEMORY", "Plan", "VectorOp", "plan", "run", "run_layout", "vector_op"]
+__all__ = ["CHUNK", "MEMORY", "Plan", "VectorOp", "VectorPlan", "plan", "run", "vector_op"]
 
 CHUNK = 2048  # most examples per pass over the tape (measured best of 512..4096)
 MIN_CHUNK = 64  # fewest examples per pass, whatever the memory estimate says
@@ -824,15 +821,8 @@ def plan(tape: Tape, n_params: int, n_out: int) -> Plan:
         hit = _plans.get(key)
         if hit is not None and hit[0]() is tape:
             return hit[1]
-    # building allocates many small objects and no cycles: collections triggered by them
-    # (in a process holding a large Value graph) cost ten times the build itself
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        pl = _build(tape, n_params, n_out)
-    finally:
-        if was:
-            gc.enable()
+    # built when the executor is, inside the compile's pause of the garbage collector
+    pl = _build(tape, n_params, n_out)
     with _plans_lock:
         for k in [k for k, (ref, _) in _plans.items() if ref() is None]:
             del _plans[k]  # tapes that are gone
@@ -845,7 +835,7 @@ def plan(tape: Tape, n_params: int, n_out: int) -> Plan:
 
 def run(tape: Tape, params: np.ndarray, X: np.ndarray, n_out: int, values: np.ndarray,
         acc: np.ndarray, per_row: bool) -> None:
-    """Run `tape` over the rows of `X`, like ``tape.run`` (without its backend argument).
+    """Run `tape` over the rows of `X`, as the tape interpreter does.
 
     Args:
         params: the uniform arguments (parameters), ``(n_params,)``.
@@ -939,7 +929,24 @@ def _finish(r: _Results, work: np.ndarray, u: np.ndarray, start: int, stop: int,
     acc[0] += tot
 
 
-def run_layout(tape: Tape, layout: Layout, batch: str | None,
-               arrays: tuple[np.ndarray, ...]) -> None:
-    """`tape.run_layout` with this executor: a kernel's (or batch loop's) arrays in and out."""
-    _tape.with_layout(tape, layout, batch, arrays, functools.partial(run, tape))
+class VectorPlan(TapeExecutor):
+    """The tape run by NumPy a whole batch at a time, dense layers as matrix products (BLAS).
+
+    Opt-in (``backend="vector"``): sums may be added in another order than the engine's, so
+    results agree with the exact executors to rounding, not bit for bit.
+    """
+
+    name = "vector"
+    exact = False
+
+    def __init__(self, kernels: Any, title: str, header: str) -> None:
+        super().__init__(kernels, title, header)
+        # plan now (inside compile's pause of the garbage collector), not on the first call
+        plans = [plan(self.tapes[k.name], k.layout.n_uniform(), k.layout.n_assigned())
+                 for k in self.kernels.values()]
+        self.source += "\n\n" + "\n\n".join(pl.describe() for pl in plans)
+
+    def run_tape(self, tp: Tape, params: np.ndarray, X: np.ndarray, n_out: int,
+                 values: np.ndarray, acc: np.ndarray, per_row: bool) -> None:
+        """See `TapeExecutor.run_tape`."""
+        run(tp, params, X, n_out, values, acc, per_row)

@@ -1,0 +1,143 @@
+"""Generated source to callables: executed under a name `linecache` knows, JIT-compiled by Numba.
+
+Imports `ops` and `cache` (numba lazily). Generated modules are loaded through the persistent
+cache when it is on (so Numba can keep their machine code on disk), else executed from a string
+under a unique filename registered in `linecache`, so tracebacks and `inspect` show the
+generated lines. Under plain Python, generated code computes with the op table's own rules
+(`IEEE_NUMPY`), the interpreted engine's numbers exactly.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import linecache
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import cache
+from .ops import OPS
+
+__all__ = ["CACHE_EVENTS", "IEEE_NUMPY", "exec_source", "helper", "jit_compile", "load"]
+
+
+class _IEEENumpy:
+    """``np`` for plain-Python runs of generated code: the op table's own rules for the
+    functions templates call (``np.tanh`` is ``OPS["tanh"].impl``), numpy for the rest.
+
+    numpy's scalar tanh, exp and log may differ from libm (what the interpreted engine and
+    Numba use) in the last bit, and ``1 - tanh(x)**2`` turns one bit into many; with the rules
+    themselves the Python backend computes the engine's numbers exactly. Results are numpy
+    floats, so later arithmetic keeps IEEE semantics (``x / 0.0`` is inf, not an exception).
+    """
+
+    def __init__(self) -> None:
+        templates = " ".join(o.py for o in OPS.values())
+        for name, op in OPS.items():
+            if op.arity == 1 and not op.params and f"np.{name}(" in templates:
+                setattr(self, name, _as_np(op.impl))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+
+def _as_np(impl: Callable[[float], float]) -> Callable[[Any], np.float64]:
+    def f(x: Any) -> np.float64:
+        return np.float64(impl(float(x)))
+
+    f.__name__ = impl.__name__
+    return f
+
+
+IEEE_NUMPY = _IEEENumpy()
+
+_counter = itertools.count()
+_lock = threading.Lock()
+
+
+def exec_source(source: str, name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Execute generated source under a unique filename that `linecache` can show."""
+    with _lock:
+        filename = f"<symgrad:{name}:{next(_counter)}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    # prange is numba's in jitted modules; in plain Python the parallel loops run serially
+    namespace: dict[str, Any] = {"__name__": "symgrad._generated", "np": np, "prange": range}
+    namespace.update(extra or {})
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace
+
+
+def load(source: str, name: str, numba: bool) -> tuple[dict[str, Any], bool]:
+    """The namespace of a generated module, and whether it came through the persistent cache.
+
+    For Numba the module is imported from its cache file when caching is on (Numba can then
+    cache its machine code), with numba's ``prange``; for plain Python it is executed with
+    ``np`` bound to `IEEE_NUMPY` after the source's own ``import numpy as np``.
+    """
+    if not numba:
+        ns = exec_source(source, name)
+        ns["np"] = IEEE_NUMPY
+        return ns, False
+    import numba as nb
+
+    extra = {"prange": nb.prange}
+    mod = cache.load_module(source, name, extra)
+    if mod is not None:
+        return mod.__dict__, True
+    return exec_source(source, name, extra), False
+
+
+def jit_compile(py: Callable[..., None], sig: str, parallel: bool, cached: bool,
+                module_file: str | None) -> Callable[..., None]:
+    """``numba.njit`` `py` for `sig` (IEEE division), through Numba's disk cache when `cached`.
+
+    A cache entry that fails to load is deleted and rebuilt; if that fails too, the function
+    is compiled without the cache.
+    """
+    import numba
+
+    if parallel:
+        _before_threads()
+    attempts = (True, True, False) if cached else (False,)
+    for i, use_cache in enumerate(attempts):
+        try:
+            fn = numba.njit(error_model="numpy", parallel=parallel, cache=use_cache)(py)
+            fn.compile(sig)
+            break
+        except Exception:
+            if i == len(attempts) - 1:
+                raise
+            if module_file:
+                cache.drop_numba_cache_file(module_file)
+    fn.disable_compile()  # no silent recompiles for other argument types
+    hits = sum(fn.stats.cache_hits.values())
+    CACHE_EVENTS["hits" if hits else ("misses" if cached else "uncached")] += 1
+    return fn  # type: ignore[no-any-return]
+
+
+def helper(py: Callable[..., Any], cached: bool) -> Callable[..., Any]:
+    """``numba.njit`` a function that other jitted functions call; compiled for the types it is
+    called with when its first caller is compiled (through Numba's disk cache when `cached`)."""
+    import numba
+
+    return numba.njit(error_model="numpy", cache=cached)(py)  # type: ignore[no-any-return]
+
+
+def _before_threads() -> None:
+    """Before the first threaded function is built: a short OpenMP spin, unless the user set one.
+
+    Numba's OpenMP threads keep spinning after a parallel loop (300,000 spins by default), which
+    on a small machine takes the cores that NumPy's BLAS (the user's own numpy) needs next: a
+    matrix product right after a threaded batch ran several times slower. OpenMP reads the
+    setting when it starts, which is when the first threaded function is built.
+    """
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+
+# how JIT compilations went in this process: loaded from the disk cache, compiled and saved to
+# it, or compiled without it (tests and `stats` read this)
+CACHE_EVENTS: collections.Counter[str] = collections.Counter()

@@ -1,0 +1,63 @@
+"""What an executor runs: kernels (an IR function and where its arrays go) and their layouts.
+
+Imports only `ir`. Every compiled object describes its functions as `Kernel`s; every executor
+runs them with the same calling convention, ``kernel(*argument arrays, *result arrays)``, single
+(one row) or batched over the rows of the per-row arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .ir import Func
+
+__all__ = ["Kernel", "Layout"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a kernel reads its arguments and writes its results.
+
+    Attributes:
+        args: ``(array name, length)`` pairs; the function's arguments are read in this order.
+        results: ``(array name, shape)`` pairs; the function's results fill them row-major.
+        accumulate: result arrays that are added into instead of assigned.
+        per_row: argument arrays that hold one row per example in batches (e.g. "inputs").
+    """
+
+    args: tuple[tuple[str, int], ...]
+    results: tuple[tuple[str, tuple[int, ...]], ...]
+    accumulate: frozenset[str] = field(default_factory=frozenset)
+    per_row: frozenset[str] = field(default_factory=frozenset)
+
+    def arrays(self) -> list[str]:
+        """The kernel's parameter names, in order."""
+        return [a for a, _ in self.args] + [r for r, _ in self.results]
+
+    def n_assigned(self) -> int:
+        """How many results are assigned per row (they come before accumulated ones)."""
+        return sum(int(np.prod(s)) for nm, s in self.results if nm not in self.accumulate)
+
+    def n_uniform(self) -> int:
+        """How many leading arguments are the same for every row of a batch."""
+        n = 0
+        for name, length in self.args:
+            if name in self.per_row:
+                break
+            n += length
+        return n
+
+    def first_per_row(self) -> int:
+        """The position of the first per-row argument array (batches count rows on it)."""
+        return next(i for i, (nm, _) in enumerate(self.args) if nm in self.per_row)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One function of a compiled object: its IR, its name in generated code, its layout."""
+
+    func: Func
+    name: str
+    layout: Layout
