@@ -9,7 +9,7 @@ Numba typing error; the executor the registry chose runs the kernels.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from .trace import Traced
 __all__ = ["Compiled", "Program", "compile"]
 
 REDUCTIONS = ("sum", "mean", "none")
+_F64 = np.dtype(np.float64)
 
 
 def compile(
@@ -86,6 +87,9 @@ class Program:
         self.n_params = len(traced.wrt)
         self.n_inputs = len(traced.inputs)
         self.n_out = len(traced.outputs)
+        self._pshape, self._ishape = (self.n_params,), (self.n_inputs,)
+        self._gshape = (self.n_out, self.n_params)
+        self._callers: dict[str, Callable[..., None]] = {}
         self.stats = stats
         self.name = traced.func.name
         header = (
@@ -140,22 +144,44 @@ class Program:
         return np.array([v.data for v in self._inputs], dtype=np.float64)
 
     def _run(self, kernel: str, batch: executors.BatchMode | None, *arrays: np.ndarray) -> None:
-        if batch is None:
-            self.executor.call(kernel, arrays)
-        else:
+        try:
+            self._dispatch(kernel, batch, arrays)
+        except TypeError:
+            # float64 arrays of the right shape are passed as they are; a compiled kernel refuses
+            # strided or read-only ones (a TypeError before anything runs): pass copies
+            ready = tuple(_kernel_ready(a) for a in arrays)
+            if all(r is a for r, a in zip(ready, arrays, strict=True)):
+                raise
+            self._dispatch(kernel, batch, ready)
+
+    def _dispatch(self, kernel: str, batch: executors.BatchMode | None,
+                  arrays: tuple[np.ndarray, ...]) -> None:
+        if batch is not None:
             self.executor.batch(kernel, arrays, batch)
+            return
+        fn = self._callers.get(kernel)
+        if fn is None:
+            fn = self._callers[kernel] = self.executor.caller(kernel)
+        fn(*arrays)
 
     def _params(self, params: Any, what: str = "params") -> np.ndarray:
+        if type(params) is np.ndarray and params.dtype is _F64 and params.shape == self._pshape:
+            return params  # the common case, checked cheaply: see _run
         if params is None:
             return self.current_params()
         return _vector(params, self.n_params, what, "len(wrt)")
 
     def _row(self, inputs: Any) -> np.ndarray:
+        if type(inputs) is np.ndarray and inputs.dtype is _F64 and inputs.shape == self._ishape:
+            return inputs
         if inputs is None:
             return self.current_inputs()
         return _vector(inputs, self.n_inputs, "inputs", "len(inputs)")
 
     def _matrix(self, X: Any) -> np.ndarray:
+        if (type(X) is np.ndarray and X.dtype is _F64 and X.ndim == 2
+                and X.shape[1] == self.n_inputs and X.shape[0] > 0):
+            return X
         a = _floats(X, "X")
         if a.ndim != 2:
             raise ValueError(
@@ -247,11 +273,18 @@ class Compiled(Program):
             ``(value, grad)``: a float and a ``(len(wrt),)`` array for one output; an
             ``(n_out,)`` array and the ``(n_out, len(wrt))`` Jacobian for several.
         """
-        p = self._params(params)
-        x = self._row(inputs)
-        out = np.zeros(self.n_out)
-        grad = np.zeros((self.n_out, self.n_params))
-        self._run(self._vg, None, p, x, out, grad)
+        # the common case inline (float64 arrays of the right shapes): this is the hot path
+        p = params if (type(params) is np.ndarray and params.dtype is _F64
+                       and params.shape == self._pshape) else self._params(params)
+        x = inputs if (type(inputs) is np.ndarray and inputs.dtype is _F64
+                       and inputs.shape == self._ishape) else self._row(inputs)
+        out = np.empty(self.n_out)
+        grad = np.zeros(self._gshape)
+        fn = self._callers.get(self._vg)
+        try:
+            fn(p, x, out, grad)  # type: ignore[misc]
+        except TypeError:  # not built yet (None), or arrays a kernel refuses: see _run
+            self._run(self._vg, None, p, x, out, grad)
         if self.n_out == 1:
             return float(out[0]), grad[0]
         return out, grad
@@ -260,7 +293,7 @@ class Compiled(Program):
         """The value only (a float, or an ``(n_out,)`` array for several outputs)."""
         p = self._params(params)
         x = self._row(inputs)
-        out = np.zeros(self.n_out)
+        out = np.empty(self.n_out)
         self._run(self._fw, None, p, x, out)
         return float(out[0]) if self.n_out == 1 else out
 
@@ -281,7 +314,7 @@ class Compiled(Program):
         p = self._params(params)
         Xa = self._matrix(X)
         n = Xa.shape[0]
-        values = np.zeros((n, self.n_out))
+        values = np.empty((n, self.n_out))
         if reduce == "none":
             grads = np.zeros((n, self.n_out, self.n_params))
             self._run(self._vg, "rows", p, Xa, values, grads)
@@ -298,7 +331,7 @@ class Compiled(Program):
         """Values only over the rows of `X`: ``(N,)``, or ``(N, n_out)`` for several outputs."""
         p = self._params(params)
         Xa = self._matrix(X)
-        values = np.zeros((Xa.shape[0], self.n_out))
+        values = np.empty((Xa.shape[0], self.n_out))
         self._run(self._fw, "rows", p, Xa, values)
         return values[:, 0] if self.n_out == 1 else values
 

@@ -11,7 +11,7 @@ levelled tape (`symgrad.tape`) instead of line-by-line code.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -56,6 +56,10 @@ class Executor(ABC):
     @abstractmethod
     def call(self, kernel: str, arrays: Sequence[np.ndarray]) -> None:
         """Run `kernel` once: `arrays` are its argument arrays then its result arrays."""
+
+    def caller(self, kernel: str) -> Callable[..., None]:
+        """A function running `kernel` once on its arrays (positional): the hot path of calls."""
+        return lambda *arrays: self.call(kernel, arrays)
 
     @abstractmethod
     def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode) -> None:

@@ -50,6 +50,10 @@ class NumbaLines(Executor):
         """One row."""
         self.module.get(kernel)(*arrays)
 
+    def caller(self, kernel: str) -> Callable[..., None]:
+        """The compiled kernel itself."""
+        return self.module.get(kernel)
+
     def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode) -> None:
         """Rows of the per-row arguments (rows counted on the first of them)."""
         layout = self.kernels[kernel].layout
@@ -67,6 +71,10 @@ class PythonLines(NumbaLines):
         """One row, with IEEE results (as Numba's ``error_model="numpy"``), no warnings."""
         with np.errstate(all="ignore"):
             super().call(kernel, arrays)
+
+    def caller(self, kernel: str) -> Callable[..., None]:
+        """The kernel, run with IEEE results and no warnings."""
+        return lambda *arrays: self.call(kernel, arrays)
 
     def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode) -> None:
         """Rows of the per-row arguments, serially."""
