@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .ir import Const, Func, Instr, Var, atom_text, instr_text, names
-from .layout import Kernel, Layout
+from .layout import CHUNK_ROWS, MAX_CHUNKS, Kernel, Layout
 from .ops import OPS, format_literal
 
 __all__ = ["batch_source", "instr_source", "kernel_source", "module_source"]
@@ -80,68 +80,110 @@ def kernel_source(func: Func, name: str, layout: Layout) -> str:
     return "\n".join(lines) + "\n"
 
 
-def batch_source(kernel: str, layout: Layout, n_chunks: int) -> str:
+def batch_source(kernel: str, layout: Layout) -> str:
     """Batch loops over rows for `kernel`: ``_rows`` and, given accumulators, ``_sum``.
 
     Per-row argument arrays become 2-D (row i is ``X[i]``), assigned results gain a leading row
-    axis, accumulated results are summed over rows (``_sum``: at most `n_chunks` chunks of
-    consecutive rows, each summed into its own accumulator, the chunks then added in order) or
-    kept per row (``_rows``). Each loop comes twice: with ``range``, and as ``..._parallel``
-    with numba's ``prange`` (distinct functions, so Numba's disk cache never serves one for the
-    other).
+    axis, accumulated results are kept per row (``_rows``) or summed over the rows (``_sum``) in
+    the chunks and order `symgrad.layout.n_chunks` fixes. Each loop also comes as ``..._chunks``
+    taking a counter first: the chunks it claims with ``fetch_add(counter)`` are run until none
+    is left, so several threads can share a batch (summed chunks go to buffers that the caller
+    adds in chunk order).
     """
-    return "\n\n".join(
-        _batch_loops(kernel, layout, suffix, rng, n_chunks)
-        for suffix, rng in (("", "range"), ("_parallel", "prange"))
-    )
+    loops = _BatchLoops(kernel, layout)
+    parts = [loops.rows(), loops.rows_chunks()]
+    if loops.acc:
+        parts += [loops.sum(), loops.sum_chunks()]
+    return "\n\n".join(parts)
 
 
-def _batch_loops(kernel: str, layout: Layout, suffix: str, rng: str, n_chunks: int) -> str:
-    arrs = layout.arrays()
-    acc = [r for r, _ in layout.results if r in layout.accumulate]
-    shapes = dict(layout.results)
+class _BatchLoops:
+    """The source of one kernel's batch loops (see `batch_source`)."""
 
-    def call(row: str, acc_expr: Callable[[str], str]) -> str:
+    def __init__(self, kernel: str, layout: Layout) -> None:
+        self.kernel, self.layout = kernel, layout
+        self.arrs = layout.arrays()
+        self.shapes = dict(layout.results)
+        self.acc = [r for r, _ in layout.results if r in layout.accumulate]
+        self.first = next(a for a in self.arrs if a in layout.per_row or a in self.shapes)
+
+    def call(self, row: str, acc_expr: Callable[[str], str]) -> str:
+        """The kernel's call for one row, accumulated arrays given by `acc_expr`."""
         parts = []
-        for a in arrs:
-            if a in layout.per_row or (a in shapes and a not in layout.accumulate):
+        for a in self.arrs:
+            if a in self.layout.per_row or (a in self.shapes and a not in self.layout.accumulate):
                 parts.append(f"{a}[{row}]")
-            elif a in layout.accumulate:
+            elif a in self.layout.accumulate:
                 parts.append(acc_expr(a))
             else:
                 parts.append(a)
-        return f"{kernel}({', '.join(parts)})"
+        return f"{self.kernel}({', '.join(parts)})"
 
-    first = next(a for a in arrs if a in layout.per_row or a in shapes)
-    sig = ", ".join(arrs)
-    lines = [f"def {kernel}_rows{suffix}({sig}):"]
-    lines.append(f"    for i in {rng}({first}.shape[0]):")
-    lines.append(f"        {call('i', lambda a: f'{a}[i]')}")
-    if not acc:
+    def _sig(self, chunked: bool, buffers: bool = False) -> str:
+        names = [f"{a}_chunks" if buffers and a in self.acc else a for a in self.arrs]
+        return ", ".join((["counter"] if chunked else []) + names)
+
+    def _head(self, suffix: str, chunked: bool, buffers: bool = False) -> list[str]:
+        return [
+            f"def {self.kernel}_{suffix}({self._sig(chunked, buffers)}):",
+            f"    n = {self.first}.shape[0]",
+            f"    n_chunks = max(1, min({MAX_CHUNKS}, n // {CHUNK_ROWS}))",
+        ]
+
+    @staticmethod
+    def _claim() -> list[str]:
+        return [
+            "    while True:",
+            "        c = fetch_add(counter)",
+            "        if c >= n_chunks:",
+            "            return",
+            "        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):",
+        ]
+
+    def rows(self) -> str:
+        """Every row in order, accumulated results per row."""
+        return "\n".join([
+            f"def {self.kernel}_rows({self._sig(False)}):",
+            f"    for i in range({self.first}.shape[0]):",
+            f"        {self.call('i', lambda a: f'{a}[i]')}",
+        ]) + "\n"
+
+    def rows_chunks(self) -> str:
+        """The rows of the chunks claimed from `counter`."""
+        lines = self._head("rows_chunks", True) + self._claim()
+        lines.append(f"            {self.call('i', lambda a: f'{a}[i]')}")
         return "\n".join(lines) + "\n"
-    lines.append("")
-    lines.append("")
-    lines.append(f"def {kernel}_sum{suffix}({sig}):")
-    lines.append(f"    n = {first}.shape[0]")
-    lines.append(f"    n_chunks = min(n, {n_chunks})")
-    for a in acc:
-        dims = ", ".join(["n_chunks"] + [str(d) for d in shapes[a]])
-        lines.append(f"    {a}_chunks = np.zeros(({dims}))")
-    lines.append(f"    for c in {rng}(n_chunks):")
-    lines.append("        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):")
-    lines.append(f"            {call('i', lambda a: f'{a}_chunks[c]')}")
-    lines.append("    for c in range(n_chunks):  # in chunk order: deterministic")
-    for a in acc:
-        lines.append(f"        {a} += {a}_chunks[c]")
-    return "\n".join(lines) + "\n"
+
+    def sum(self) -> str:
+        """Every chunk into its buffer, then the buffers added in chunk order."""
+        lines = self._head("sum", False)
+        for a in self.acc:
+            dims = ", ".join(["n_chunks"] + [str(d) for d in self.shapes[a]])
+            lines.append(f"    {a}_chunks = np.zeros(({dims}))")
+        lines += [
+            "    for c in range(n_chunks):",
+            "        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):",
+            f"            {self.call('i', lambda a: f'{a}_chunks[c]')}",
+            "    for c in range(n_chunks):  # in chunk order: deterministic",
+        ]
+        lines += [f"        {a} += {a}_chunks[c]" for a in self.acc]
+        return "\n".join(lines) + "\n"
+
+    def sum_chunks(self) -> str:
+        """The chunks claimed from `counter`, each into its buffer (the caller adds them)."""
+        lines = self._head("sum_chunks", True, buffers=True)
+        lines[2] = f"    n_chunks = {self.acc[0]}_chunks.shape[0]"
+        lines += self._claim()
+        lines.append(f"            {self.call('i', lambda a: f'{a}_chunks[c]')}")
+        return "\n".join(lines) + "\n"
 
 
-def module_source(header: str, kernels: Sequence[Kernel], n_chunks: int) -> str:
+def module_source(header: str, kernels: Sequence[Kernel]) -> str:
     """A whole generated module: a header comment, then each kernel and its batch loops."""
     parts = [f"# {line}" for line in header.splitlines()] + ["import numpy as np", "", ""]
     out = "\n".join(parts) + "\n"
     chunks = []
     for k in kernels:
         chunks.append(kernel_source(k.func, k.name, k.layout))
-        chunks.append(batch_source(k.name, k.layout, n_chunks))
+        chunks.append(batch_source(k.name, k.layout))
     return out + "\n\n".join(chunks)

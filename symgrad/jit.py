@@ -71,20 +71,23 @@ def exec_source(source: str, name: str, extra: dict[str, Any] | None = None) -> 
     return namespace
 
 
-def load(source: str, name: str, numba: bool) -> tuple[dict[str, Any], bool]:
+def load(source: str, name: str, numba: bool,
+         extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
     """The namespace of a generated module, and whether it came through the persistent cache.
 
     For Numba the module is imported from its cache file when caching is on (Numba can then
     cache its machine code), with numba's ``prange``; for plain Python it is executed with
-    ``np`` bound to `IEEE_NUMPY` after the source's own ``import numpy as np``.
+    ``np`` bound to `IEEE_NUMPY` after the source's own ``import numpy as np``. `extra` globals
+    are set before the module's code runs.
     """
+    extra = dict(extra or {})
     if not numba:
-        ns = exec_source(source, name)
+        ns = exec_source(source, name, extra)
         ns["np"] = IEEE_NUMPY
         return ns, False
     import numba as nb
 
-    extra = {"prange": nb.prange}
+    extra.setdefault("prange", nb.prange)
     mod = cache.load_module(source, name, extra)
     if mod is not None:
         return mod.__dict__, True
@@ -92,8 +95,9 @@ def load(source: str, name: str, numba: bool) -> tuple[dict[str, Any], bool]:
 
 
 def jit_compile(py: Callable[..., None], sig: str, parallel: bool, cached: bool,
-                module_file: str | None) -> Callable[..., None]:
-    """``numba.njit`` `py` for `sig` (IEEE division), through Numba's disk cache when `cached`.
+                module_file: str | None, nogil: bool = False) -> Callable[..., None]:
+    """``numba.njit`` `py` for `sig` (IEEE division), through Numba's disk cache when `cached`;
+    `nogil` releases the GIL while it runs (for functions called on several threads).
 
     A cache entry that fails to load is deleted and rebuilt; if that fails too, the function
     is compiled without the cache.
@@ -105,7 +109,8 @@ def jit_compile(py: Callable[..., None], sig: str, parallel: bool, cached: bool,
     attempts = (True, True, False) if cached else (False,)
     for i, use_cache in enumerate(attempts):
         try:
-            fn = numba.njit(error_model="numpy", parallel=parallel, cache=use_cache)(py)
+            fn = numba.njit(error_model="numpy", parallel=parallel, cache=use_cache,
+                            nogil=nogil)(py)
             fn.compile(sig)
             break
         except Exception:

@@ -13,7 +13,26 @@ import numpy as np
 
 from .ir import Func
 
-__all__ = ["Kernel", "Layout"]
+__all__ = ["CHUNK_ROWS", "MAX_CHUNKS", "Kernel", "Layout", "chunk_rows", "n_chunks"]
+
+# The order every exact executor sums a batch in (the exactness contract): the N rows are split
+# into n_chunks(N) chunks of consecutive rows (`chunk_rows`); each chunk adds its rows' results
+# in row order, starting from 0.0, into a buffer of its own; the buffers are then added, in chunk
+# order, to the result array. It depends on N only: not on the executor, the lowering or the
+# number of threads (chunks are the unit of work a thread takes).
+CHUNK_ROWS = 32
+MAX_CHUNKS = 16
+
+
+def n_chunks(n_rows: int) -> int:
+    """How many chunks a batch of `n_rows` rows is summed in: one per `CHUNK_ROWS` rows, at most
+    `MAX_CHUNKS`, at least one."""
+    return max(1, min(MAX_CHUNKS, n_rows // CHUNK_ROWS))
+
+
+def chunk_rows(c: int, n_rows: int, chunks: int) -> range:
+    """The rows of chunk `c` of `chunks`: ``c * n_rows // chunks`` up to the next chunk's first."""
+    return range(c * n_rows // chunks, (c + 1) * n_rows // chunks)
 
 
 @dataclass(frozen=True)

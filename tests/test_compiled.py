@@ -124,7 +124,7 @@ def test_batch_equals_a_loop_of_calls(
 @pytest.mark.slow
 @pytest.mark.parametrize("reduce", ["sum", "none"])
 def test_large_batch_runs_in_parallel_and_equals_a_loop(reduce: str) -> None:
-    # enough rows for the multi-threaded loops (the line executor's PARALLEL_ROWS)
+    # enough rows for the multi-threaded loops (the line executor's THREAD_WORK)
     wrt, inputs, outs = _model()
     f = sg.compile(outs[0], wrt=wrt, inputs=inputs, name="big_batch")
     big = np.random.default_rng(1).normal(size=(2500, 2))

@@ -172,10 +172,10 @@ def _same_at_every_thread_count(f, p, X):
 def test_batch_does_not_depend_on_the_thread_count(mlp_pair, monkeypatch):
     _, _, _, _, lines, _ = mlp_pair
     p = lines.current_params()
-    X = np.random.default_rng(3).normal(size=(5000, 4))  # above PARALLEL_ROWS: the threaded loop
+    X = np.random.default_rng(3).normal(size=(5000, 4))  # above THREAD_WORK: on threads
     v0, g0 = _same_at_every_thread_count(lines, p, X)
     # the threaded build equals the serial one (same chunks, summed in the same order)
-    monkeypatch.setattr(type(lines.executor), "PARALLEL_ROWS", len(X) + 1)
+    monkeypatch.setattr(type(lines.executor), "THREAD_WORK", 10**12)
     vs, gs = lines.batch(p, X)
     assert np.array_equal(vs, v0)
     assert np.array_equal(gs, g0)

@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from .. import codegen, jit
-from ..layout import Kernel, Layout
+from ..layout import Kernel, Layout, n_chunks
 from .base import BatchMode, Executor
 
 __all__ = ["NumbaLines", "PythonLines"]
@@ -25,20 +25,19 @@ __all__ = ["NumbaLines", "PythonLines"]
 class NumbaLines(Executor):
     """Line kernels JIT-compiled by Numba: the fastest for small graphs, slow to compile big ones.
 
-    Batches are split into at most `N_CHUNKS` chunks of consecutive rows, each summed into its
-    own accumulator and added in chunk order, so sums do not depend on the thread count; batches
-    of `PARALLEL_ROWS` rows or more run the chunks on all cores.
+    Batches are summed in the chunks and order `symgrad.layout.n_chunks` fixes. A batch with
+    at least `THREAD_WORK` instruction-rows (the kernel's length times the rows) runs its chunks
+    on all of Numba's threads (`threads.run_on_threads`); smaller ones run in one call.
     """
 
     name = "lines"
     lowering = "lines"
     jit: ClassVar[bool] = True
-    N_CHUNKS: ClassVar[int] = 64
-    PARALLEL_ROWS: ClassVar[int] = 512
+    THREAD_WORK: ClassVar[int] = 100_000
 
     def __init__(self, kernels: Sequence[Kernel], title: str, header: str) -> None:
         super().__init__(kernels, title, header)
-        self.source = codegen.module_source(header, kernels, self.N_CHUNKS)
+        self.source = codegen.module_source(header, kernels)
         self.module = _Module(self.source, title, self.jit,
                               {k.name: k.layout for k in kernels})
 
@@ -56,9 +55,40 @@ class NumbaLines(Executor):
 
     def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode) -> None:
         """Rows of the per-row arguments (rows counted on the first of them)."""
-        layout = self.kernels[kernel].layout
-        parallel = arrays[layout.first_per_row()].shape[0] >= self.PARALLEL_ROWS
-        self.module.get(kernel, mode, parallel)(*arrays)
+        k = self.kernels[kernel]
+        n = arrays[k.layout.first_per_row()].shape[0]
+        threads = self._threads(n, len(k.func.body))
+        if threads <= 1:
+            self.module.get(kernel, mode)(*arrays)
+            return
+        from .threads import run_on_threads
+
+        counter = np.zeros(1, np.int64)
+        fn = self.module.get(kernel, f"{mode}_chunks")
+        if mode == "rows":
+            run_on_threads(fn, (counter, *arrays), threads)
+            return
+        # summed results: one buffer per chunk, added in chunk order afterwards
+        acc = [i for i, (nm, _) in enumerate(k.layout.results, len(k.layout.args))
+               if nm in k.layout.accumulate]
+        chunks = n_chunks(n)
+        bufs = {i: np.zeros((chunks, *arrays[i].shape)) for i in acc}
+        run_on_threads(fn, (counter, *[bufs.get(i, a) for i, a in enumerate(arrays)]), threads)
+        for i in acc:
+            _add_in_order(bufs[i], arrays[i])
+
+    def _threads(self, n_rows: int, length: int) -> int:
+        if n_rows * length < self.THREAD_WORK or n_chunks(n_rows) < 2:
+            return 1
+        from .threads import n_threads
+
+        return min(n_threads(), n_chunks(n_rows))
+
+
+def _add_in_order(bufs: np.ndarray, acc: np.ndarray) -> None:
+    """``acc += bufs[c]`` for each chunk c in order (what the serial loop does)."""
+    for c in range(bufs.shape[0]):
+        acc += bufs[c]
 
 
 class PythonLines(NumbaLines):
@@ -77,9 +107,9 @@ class PythonLines(NumbaLines):
         return lambda *arrays: self.call(kernel, arrays)
 
     def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode) -> None:
-        """Rows of the per-row arguments, serially."""
+        """Rows of the per-row arguments, on this thread."""
         with np.errstate(all="ignore"):
-            super().batch(kernel, arrays, mode)
+            self.module.get(kernel, mode)(*arrays)
 
 
 class _Module:
@@ -93,53 +123,59 @@ class _Module:
                  layouts: dict[str, Layout]) -> None:
         self.jit = use_jit
         self.layouts = layouts
-        self._ns, self._cached = jit.load(source, name, use_jit)
+        if use_jit:
+            from .threads import fetch_add
+        else:
+            fetch_add = _fetch_add_serial
+        self._ns, self._cached = jit.load(source, name, use_jit, {"fetch_add": fetch_add})
         self._compiled: dict[str, Callable[..., None]] = self._ns.setdefault("__jitted__", {})
         # reentrant: a batch loop first builds its kernel
         self._lock: threading.RLock = self._ns.setdefault("__jit_lock__", threading.RLock())
 
-    def get(self, kernel: str, batch: str | None = None,
-            parallel: bool = False) -> Callable[..., None]:
-        """The callable for `kernel` (batch None), or for its "rows" / "sum" loop.
-
-        `parallel` picks the multi-threaded build of a loop (Numba only); both builds split the
-        rows into the same chunks, so they give the same numbers.
-        """
-        parallel = parallel and batch is not None and self.jit
+    def get(self, kernel: str, batch: str | None = None) -> Callable[..., None]:
+        """The callable for `kernel` (batch None), or for its "rows" / "sum" loop, or their
+        "rows_chunks" / "sum_chunks" variants (see `codegen.batch_source`)."""
         key = kernel if batch is None else f"{kernel}_{batch}"
-        if parallel:
-            key += "/parallel"
         fn = self._compiled.get(key)
         if fn is not None:
             return fn
         with self._lock:  # compile once even when several threads call at once
             fn = self._compiled.get(key)
             if fn is None:
-                fn = self._build(kernel, batch, parallel)
+                fn = self._build(kernel, batch)
                 self._compiled[key] = fn
         return fn
 
-    def _build(self, kernel: str, batch: str | None, parallel: bool) -> Callable[..., None]:
-        py = self._ns[kernel if batch is None else f"{kernel}_{batch}" + "_parallel" * parallel]
+    def _build(self, kernel: str, batch: str | None) -> Callable[..., None]:
+        py = self._ns[kernel if batch is None else f"{kernel}_{batch}"]
         py = getattr(py, "py_func", py)  # the kernel's global may already be its dispatcher
         if not self.jit:
             return py  # type: ignore[no-any-return]
         if batch is not None:
             self._ns[kernel] = self.get(kernel)  # the loop calls the jitted kernel
-        return jit.jit_compile(py, _signature(self.layouts[kernel], batch), parallel,
-                               self._cached, self._ns.get("__file__"))
+        return jit.jit_compile(py, _signature(self.layouts[kernel], batch), False,
+                               self._cached, self._ns.get("__file__"),
+                               nogil=batch is not None and batch.endswith("_chunks"))
+
+
+def _fetch_add_serial(counter: np.ndarray) -> int:
+    """`threads.fetch_add` for plain Python (one thread)."""
+    c = int(counter[0])
+    counter[0] += 1
+    return c
 
 
 def _signature(layout: Layout, batch: str | None) -> str:
-    """The Numba signature of a kernel (batch None) or of its "rows" / "sum" loop."""
+    """The Numba signature of a kernel (batch None) or of one of its batch loops."""
     shapes = dict(layout.results)
-    types = []
+    mode = (batch or "").removesuffix("_chunks")
+    types = ["int64[::1]"] if batch is not None and batch.endswith("_chunks") else []
     for a in layout.arrays():
         nd = len(shapes[a]) if a in shapes else 1
         if batch is not None and (
             a in layout.per_row
             or (a in shapes and a not in layout.accumulate)
-            or (batch == "rows" and a in layout.accumulate)
+            or (a in layout.accumulate and (mode == "rows" or batch == "sum_chunks"))
         ):
             nd += 1
         types.append("float64[" + ", ".join([":"] * (nd - 1) + ["::1"]) + "]")

@@ -1,0 +1,126 @@
+"""Chunks of a batch on threads: Python threads calling compiled code that releases the GIL.
+
+Imports numba (this module is imported only by executors that run Numba code). A batch is split
+into the chunks `symgrad.layout.n_chunks` fixes; each thread calls the same compiled function,
+which takes chunk numbers from a shared counter (`fetch_add`, an atomic add) until none is left,
+so a thread that gets less CPU (another process busy on its core) simply does fewer chunks. The
+calling thread works too, and never waits for a helper thread that has not started: whatever
+it has not claimed when the calling thread runs out of chunks is not waited for.
+
+Results do not depend on which thread ran which chunk: each chunk sums into its own buffer, and
+the buffers are added in chunk order afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numba
+from numba import types
+from numba.extending import intrinsic
+
+__all__ = ["fetch_add", "n_threads", "run_on_threads"]
+
+
+@intrinsic
+def fetch_add(typingctx: Any, counter: Any) -> Any:
+    """``counter[0] += 1`` atomically, returning the old value (compiled code only)."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None
+    sig = types.int64(counter)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        one = context.get_constant(types.int64, 1)
+        return builder.atomic_rmw("add", ary.data, one, "seq_cst")
+
+    return sig, codegen
+
+
+def n_threads() -> int:
+    """Threads a batch may use: Numba's setting (``NUMBA_NUM_THREADS``, `numba.set_num_threads`)."""
+    return int(numba.get_num_threads())
+
+
+class _Job:
+    """One batch's call of a chunk function on several threads."""
+
+    __slots__ = ("active", "args", "closed", "error", "finished", "fn", "lock")
+
+    def __init__(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self.fn, self.args = fn, args
+        self.lock = threading.Lock()
+        self.closed = False  # the calling thread is done: late helpers stay out
+        self.active = 0  # helpers inside fn
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+
+    def help(self) -> None:
+        """A helper thread's part: join unless the calling thread has finished already."""
+        with self.lock:
+            if self.closed:
+                return
+            self.active += 1
+        try:
+            self.fn(*self.args)
+        except BaseException as e:
+            self.error = e
+        finally:
+            with self.lock:
+                self.active -= 1
+                if self.closed and self.active == 0:
+                    self.finished.set()
+
+    def run(self) -> None:
+        """The calling thread's part, then wait for the helpers that joined."""
+        try:
+            self.fn(*self.args)
+        finally:
+            with self.lock:
+                self.closed = True
+                wait = self.active > 0
+            if wait:
+                self.finished.wait()
+        if self.error is not None:
+            raise self.error
+
+
+_jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+_helpers: list[threading.Thread] = []
+_start_lock = threading.Lock()
+
+
+def _helper_loop() -> None:
+    while True:
+        job = _jobs.get()
+        with contextlib.suppress(BaseException):  # errors are the calling thread's to raise
+            job.help()
+
+
+def _ensure_helpers(n: int) -> None:
+    with _start_lock:
+        while len(_helpers) < n:
+            t = threading.Thread(target=_helper_loop, name=f"symgrad-{len(_helpers)}",
+                                 daemon=True)
+            t.start()
+            _helpers.append(t)
+
+
+def run_on_threads(fn: Callable[..., None], args: tuple[Any, ...], threads: int) -> None:
+    """Call ``fn(*args)`` on `threads` threads at once (this one included) and wait.
+
+    `fn` must be compiled with ``nogil=True`` and share its work through a counter it reads
+    with `fetch_add`, so that any number of threads, starting at any time, completes it.
+    """
+    if threads <= 1:
+        fn(*args)
+        return
+    _ensure_helpers(threads - 1)
+    job = _Job(fn, args)
+    for _ in range(threads - 1):
+        _jobs.put(job)
+    job.run()
