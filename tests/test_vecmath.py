@@ -315,3 +315,14 @@ def test_pow_examples_are_ones_where_the_shortcuts_differ():
     assert math.sqrt(xh) != xh**0.5
     assert 1.0 / xm1 != xm1**-1.0
 
+
+
+@pytest.mark.slow
+def test_benchmark_prints_its_table():
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "vecmath_bench.py"), "--n", "2000",
+         "--rounds", "2", "--ops", "tanh,log"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr
+    assert "| op | n | contender | ns/value | vs libm |" in res.stdout
+    assert res.stdout.count("| tanh | 2,000 |") == 4 and res.stdout.count("| log | 2,000 |") == 4
