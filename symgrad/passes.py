@@ -1,6 +1,7 @@
 """Optimisation passes, IR -> IR: constant folding, algebraic simplification, CSE, DCE.
 
-Imports `ops` and `ir`. Each pass returns a new `Func` computing bit-for-bit the same results
+Imports from symgrad: `ir` (`Atom`, `Builder`, `Const`, `Func`, `Var`) and `rewrite` (`live`,
+`rebuild`). Each pass returns a new `Func` computing bit-for-bit the same results
 under IEEE rules, nan and inf included. Folding, simplification and CSE are "replay the body
 through a `Builder` with that feature on"; DCE is a backward liveness sweep.
 
@@ -16,39 +17,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .ir import Atom, Builder, Const, Func, Instr, Var
+from .ir import Atom, Builder, Const, Func, Var
+from .rewrite import live, rebuild
 
 __all__ = ["cse", "dce", "fold", "optimize", "replay", "simplify", "simplify_rule"]
 
 
 def replay(func: Func, *, fold: bool = False, cse: bool = False, rewrite: bool = False) -> Func:
     """Re-emit `func` through a fresh `Builder` with the chosen features on."""
-    b = Builder(fold=fold, cse=cse, rewrite=simplify_rule if rewrite else None)
-    env: dict[Var, Atom] = {a: b.arg(a.hint) for a in func.args}
-
-    def sub(a: Atom) -> Atom:
-        return env[a] if isinstance(a, Var) else a
-
-    for ins in func.body:
-        if ins.origin is not None:
-            o = ins.origin
-            # provenance for printing only: map what still maps, keep the rest as it was
-            b.origin = Instr(
-                _same_op(b, env.get(o.out, o.out), o), o.op,
-                tuple(env.get(a, a) if isinstance(a, Var) else a for a in o.args), o.params,
-            )
-        else:
-            b.origin = None
-        b.note = ins.note
-        env[ins.out] = b.emit(ins.op, [sub(a) for a in ins.args], ins.params, hint=ins.out.hint)
-    return b.build(func.name, [sub(r) for r in func.results])
-
-
-def _same_op(b: Builder, a: Atom, origin: Instr) -> Var:
-    """What the origin's result became, if it is still an instruction of that op; else the old
-    Var, which prints as ``_`` (the forward instruction was folded or simplified away)."""
-    d = b.defs.get(a) if isinstance(a, Var) else None
-    return a if d is not None and d.op == origin.op and isinstance(a, Var) else origin.out
+    return rebuild(func, Builder(fold=fold, cse=cse, rewrite=simplify_rule if rewrite else None))
 
 
 def fold(func: Func) -> Func:
@@ -68,13 +45,7 @@ def simplify(func: Func) -> Func:
 
 def dce(func: Func) -> Func:
     """Dead-code elimination: drop instructions no result depends on."""
-    live: set[Var] = {r for r in func.results if isinstance(r, Var)}
-    keep: list[Instr] = []
-    for ins in reversed(func.body):
-        if ins.out in live:
-            keep.append(ins)
-            live.update(a for a in ins.args if isinstance(a, Var))
-    return Func(func.name, func.args, tuple(reversed(keep)), func.results)
+    return Func(func.name, func.args, tuple(live(func.body, func.results)), func.results)
 
 
 PASSES: dict[str, Callable[[Func], Func]] = {
