@@ -4,11 +4,12 @@ The public API (see README): `Value`, `compile`, `Compiled`, `jvp`, `hvp`, `hess
 `check`, `draw_dot`, the op functions (`tanh`, `exp`, ...) and the pipeline's stages as modules.
 """
 
+from .checking import CheckResult, GradientMismatch, check
 from .compiled import Compiled, compile
 from .engine import Value
 from .higher import hessian, hvp, jvp
 from .ops import COS, EXP, LOG, OPS, RELU, SIGMOID, SIN, TANH
-from .symbolic import CheckResult, GradientMismatch, check, to_sympy
+from .symbolic import to_sympy
 from .viz import draw_dot, draw_ir
 
 __version__ = "0.1.0"
