@@ -174,8 +174,7 @@ def value_grad_and_hessian(func: Func, n_wrt: int, name: str | None = None) -> F
         ``j``. It is not symmetrised: rows and columns come from different sweeps, and agree to
         rounding.
     """
-    if len(func.results) != 1:
-        raise ValueError(f"the Hessian needs a single result, {func.name} has {len(func.results)}")
+    _single_result(func, "the Hessian")
     g = value_and_grad(func, n_wrt)
     b = Builder()
     sub = replay(g.body, b, Substitution({a: b.arg(a.hint) for a in g.args}))
@@ -238,13 +237,16 @@ def hvp(func: Func, n_wrt: int, name: str | None = None) -> Func:
         a `Func` with arguments (params, their tangents ``{label}_dot``, inputs) and results
         ``grad[0..P), hv[0..P)``, ``hv = H @ params_dot``; only what they need is kept.
     """
-    if len(func.results) != 1:
-        raise ValueError(f"a Hessian-vector product needs a single result, {func.name} has "
-                         f"{len(func.results)}")
+    _single_result(func, "a Hessian-vector product")
     j = jvp(value_and_grad(func, n_wrt), n_wrt, name=name or f"{func.name}_hvp")
     # j's results: value, grad (P), value_dot, grad_dot (P)
     keep = j.results[1:1 + n_wrt] + j.results[2 + n_wrt:]
     return Func(j.name, j.args, tuple(live(j.body, keep)), keep)
+
+
+def _single_result(func: Func, what: str) -> None:
+    if len(func.results) != 1:
+        raise ValueError(f"{what} needs a single result, {func.name} has {len(func.results)}")
 
 
 def _tangent(tan: dict[Var, Atom], r: Atom) -> Atom:

@@ -166,7 +166,7 @@ class Tier:
         backend: str, tol: Tolerance,
     ) -> None:
         self.outs, self.tol = outs, tol
-        self.program = self.build(outs, wrt, inputs, backend)
+        self.program = self.build(wrt, inputs, backend)
         self.wrt = list(self.program.wrt)
         self.leaves = self.wrt + list(self.program.inputs)
         syms = _varying_symbols(outs, self.leaves)
@@ -175,11 +175,8 @@ class Tier:
         self.names = [str(syms[id(v)]) for v in self.leaves]
         self.oracle = _lambdify([syms[id(v)] for v in self.leaves], self.targets())
 
-    def build(
-        self, outs: tuple[Value, ...], wrt: Sequence[Value] | None, inputs: Sequence[Value],
-        backend: str,
-    ) -> Any:
-        """The compiled object under test (it has ``wrt`` and ``inputs``)."""
+    def build(self, wrt: Sequence[Value] | None, inputs: Sequence[Value], backend: str) -> Any:
+        """The compiled object under test, of `outs` (it has ``wrt`` and ``inputs``)."""
         raise NotImplementedError
 
     def targets(self) -> list[list[Any]]:
@@ -194,13 +191,10 @@ class Tier:
 class GradientTier(Tier):
     """order=1: the compiled Jacobian and the engine's ``backward()`` against ``sympy.diff``."""
 
-    def build(
-        self, outs: tuple[Value, ...], wrt: Sequence[Value] | None, inputs: Sequence[Value],
-        backend: str,
-    ) -> Any:
+    def build(self, wrt: Sequence[Value] | None, inputs: Sequence[Value], backend: str) -> Any:
         from .compiled import compile as sg_compile
 
-        return sg_compile(outs, wrt=wrt, inputs=inputs, backend=backend)
+        return sg_compile(self.outs, wrt=wrt, inputs=inputs, backend=backend)
 
     def targets(self) -> list[list[Any]]:
         sp = sympy_module()
@@ -256,15 +250,12 @@ class HessianTier(Tier):
     """order=2: the compiled gradient against ``sympy.diff``, and the compiled Hessian against
     ``sympy.hessian`` and central differences of the compiled gradient."""
 
-    def build(
-        self, outs: tuple[Value, ...], wrt: Sequence[Value] | None, inputs: Sequence[Value],
-        backend: str,
-    ) -> Any:
+    def build(self, wrt: Sequence[Value] | None, inputs: Sequence[Value], backend: str) -> Any:
         from .higher import hessian as sg_hessian
 
-        if len(outs) != 1:
-            raise ValueError(f"check(order=2): takes a single output Value, got {len(outs)}")
-        return sg_hessian(outs[0], wrt=wrt, inputs=inputs, backend=backend)
+        if len(self.outs) != 1:
+            raise ValueError(f"check(order=2): takes a single output Value, got {len(self.outs)}")
+        return sg_hessian(self.outs[0], wrt=wrt, inputs=inputs, backend=backend)
 
     def targets(self) -> list[list[Any]]:
         sp = sympy_module()
