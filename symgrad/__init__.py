@@ -5,11 +5,12 @@ The public API (see README): `Value`, `compile`, `Compiled`, `jvp`, `hvp`, `hess
 """
 
 from ._version import __version__ as __version__
+from .checking import CheckResult, GradientMismatch, check
 from .compiled import Compiled, compile
 from .engine import Value
 from .higher import hessian, hvp, jvp
 from .ops import COS, EXP, LOG, OPS, RELU, SIGMOID, SIN, TANH
-from .symbolic import CheckResult, GradientMismatch, check, to_sympy
+from .symbolic import to_sympy
 from .viz import draw_dot, draw_ir
 
 # the op table's entries work on floats, Values and IR handles alike: sg.tanh(x)

@@ -1,22 +1,24 @@
 """Differentiation as IR -> IR transforms: reverse mode, forward mode, and Hessians from both.
 
-Imports `ops` and `ir`. Reverse mode replays the forward body, then walks it backwards once per
-output, emitting each op's vector-Jacobian rule (from the op table) as IR and summing the
-contributions to reused values in the order the interpreted engine's ``backward()`` adds them.
-Forward mode (`jvp`) needs no rules of its own: a scalar op's vjp rule is linear in its
-cotangent, so the tangent of ``out = op(x0, x1)`` is ``vjp(ct=x0_dot)[0] + vjp(ct=x1_dot)[1]``.
-Since every transform's output is IR again, they compose: `jvp` of `value_and_grad` is
-forward-over-reverse, the Hessian-vector product. Zero cotangents and zero tangents are never
-materialised: they are absent, and nothing is emitted for them.
+Imports from symgrad: `ir` (`Atom`, `Builder`, `Const`, `Func`, `Handle`, `Instr`, `Var`) and
+`rewrite` (`Substitution`, `live`, `replay`). Reverse mode replays the forward body, then walks
+it backwards once per output, emitting each op's vector-Jacobian rule (from the op table) as IR
+and summing the contributions to reused values in the order the interpreted engine's
+``backward()`` adds them. Forward mode (`jvp`) needs no rules of its own: a scalar op's vjp rule
+is linear in its cotangent, so the tangent of ``out = op(x0, x1)`` is ``vjp(ct=x0_dot)[0] +
+vjp(ct=x1_dot)[1]``. Since every transform's output is IR again, they compose: `jvp` of
+`value_and_grad` is forward-over-reverse, the Hessian-vector product (`hvp`). Zero cotangents and
+zero tangents are never materialised: they are absent, and nothing is emitted for them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from .ir import Atom, Builder, Const, Func, Handle, Instr, Var
+from .rewrite import Substitution, live, replay
 
-__all__ = ["jvp", "name_gradients", "rehint", "value_and_grad", "value_grad_and_hessian"]
+__all__ = [
+    "hvp", "jvp", "name_gradients", "rehint", "value_and_grad", "value_grad_and_hessian",
+]
 
 
 def value_and_grad(func: Func, n_wrt: int, name: str | None = None) -> Func:
@@ -34,14 +36,7 @@ def value_and_grad(func: Func, n_wrt: int, name: str | None = None) -> Func:
     if not 0 <= n_wrt <= len(func.args):
         raise ValueError(f"n_wrt={n_wrt} is out of range for {len(func.args)} arguments")
     b = Builder()
-    env: dict[Var, Atom] = {a: b.arg(a.hint) for a in func.args}
-
-    def sub(a: Atom) -> Atom:
-        return env[a] if isinstance(a, Var) else a
-
-    for ins in func.body:
-        env[ins.out] = b.emit(ins.op, [sub(a) for a in ins.args], ins.params, hint=ins.out.hint)
-
+    sub = replay(func.body, b, Substitution({a: b.arg(a.hint) for a in func.args}))
     grads: list[Atom] = []
     for res in func.results:
         adj = _backward_sweep(b, func, res, sub)
@@ -53,9 +48,7 @@ def value_and_grad(func: Func, n_wrt: int, name: str | None = None) -> Func:
     return name_gradients(out, len(fwd), n_wrt)
 
 
-def _backward_sweep(
-    b: Builder, func: Func, res: Atom, sub: Callable[[Atom], Atom]
-) -> dict[Var, Handle]:
+def _backward_sweep(b: Builder, func: Func, res: Atom, sub: Substitution) -> dict[Var, Handle]:
     """Emit the adjoints of every Var of `func` for the output `res`, seeded with 1.0."""
     adj: dict[Var, Handle] = {}
     if not isinstance(res, Var):
@@ -65,17 +58,15 @@ def _backward_sweep(
         ct = adj.pop(ins.out, None)
         if ct is None:
             continue
-        b.origin = Instr(sub(ins.out), ins.op, tuple(sub(a) for a in ins.args), ins.params)
-        op = ins.opdef
-        cts = op.vjp(ct, b.handle(sub(ins.out)), *(b.handle(sub(a)) for a in ins.args),
-                     **ins.param_dict())
-        for a, c in zip(ins.args, cts, strict=True):
-            if c is None or not isinstance(a, Var):
-                continue
-            c = c if isinstance(c, Handle) else b.handle(c)
-            prev = adj.get(a)
-            adj[a] = c if prev is None else prev + c
-        b.origin = None
+        with b.provenance("grad", sub.origin(ins, b)):
+            cts = ins.opdef.vjp(ct, b.handle(sub(ins.out)), *(b.handle(sub(a)) for a in ins.args),
+                                **ins.param_dict())
+            for a, c in zip(ins.args, cts, strict=True):
+                if c is None or not isinstance(a, Var):
+                    continue
+                c = c if isinstance(c, Handle) else b.handle(c)
+                prev = adj.get(a)
+                adj[a] = c if prev is None else prev + c
     return adj
 
 
@@ -158,7 +149,7 @@ def jvp(func: Func, n_wrt: int, name: str | None = None) -> Func:
     params = [b.arg(a.hint) for a in func.args[:n_wrt]]
     dots = [b.arg(f"{a.hint or f'arg{j}'}_dot") for j, a in enumerate(func.args[:n_wrt])]
     rest = [b.arg(a.hint) for a in func.args[n_wrt:]]
-    sub = _replay(b, func, dict(zip(func.args, params + rest, strict=True)))
+    sub = replay(func.body, b, Substitution(zip(func.args, params + rest, strict=True)))
     start = len(b.body)
     tan = _forward_sweep(b, func, sub, dict(zip(func.args[:n_wrt], dots, strict=True)))
     hints = _tangent_hints(b, start, func, tan, "_dot")
@@ -183,11 +174,10 @@ def value_grad_and_hessian(func: Func, n_wrt: int, name: str | None = None) -> F
         ``j``. It is not symmetrised: rows and columns come from different sweeps, and agree to
         rounding.
     """
-    if len(func.results) != 1:
-        raise ValueError(f"the Hessian needs a single result, {func.name} has {len(func.results)}")
+    _single_result(func, "the Hessian")
     g = value_and_grad(func, n_wrt)
     b = Builder()
-    sub = _replay(b, g, {a: b.arg(a.hint) for a in g.args})
+    sub = replay(g.body, b, Substitution({a: b.arg(a.hint) for a in g.args}))
     hints: dict[Var, str] = {}
     rows: list[Atom] = []
     for j, a in enumerate(g.args[:n_wrt]):
@@ -200,60 +190,31 @@ def value_grad_and_hessian(func: Func, n_wrt: int, name: str | None = None) -> F
     return rehint(out, hints)
 
 
-def _replay(b: Builder, func: Func, env: dict[Var, Atom]) -> Callable[[Atom], Atom]:
-    """Emit `func`'s body into `b` (provenance mapped); `env` maps its arguments to atoms."""
-
-    def sub(a: Atom) -> Atom:
-        return env[a] if isinstance(a, Var) else a
-
-    def sub_var(a: Var) -> Var:
-        m = env.get(a, a)
-        return m if isinstance(m, Var) else a
-
-    for ins in func.body:
-        o = ins.origin
-        b.origin = None if o is None else Instr(
-            sub_var(o.out), o.op, tuple(sub_var(a) if isinstance(a, Var) else a for a in o.args),
-            o.params,
-        )
-        b.note = ins.note
-        env[ins.out] = b.emit(ins.op, [sub(a) for a in ins.args], ins.params, hint=ins.out.hint)
-    b.origin = None
-    b.note = "grad"
-    return sub
-
-
 def _forward_sweep(
-    b: Builder, func: Func, sub: Callable[[Atom], Atom], seeds: dict[Var, Atom]
+    b: Builder, func: Func, sub: Substitution, seeds: dict[Var, Atom]
 ) -> dict[Var, Atom]:
     """Emit the tangent of every Var of `func` (absent: zero) given its arguments' `seeds`."""
     tan: dict[Var, Atom] = dict(seeds)
     for ins in func.body:
-        live = [(i, tan[a]) for i, a in enumerate(ins.args) if isinstance(a, Var) and a in tan]
-        if not live:
+        moving = [(i, tan[a]) for i, a in enumerate(ins.args) if isinstance(a, Var) and a in tan]
+        if not moving:
             continue
-        b.origin = Instr(sub(ins.out), ins.op, tuple(sub(a) for a in ins.args), ins.params)
-        b.note = "tangent"
         total: Atom | None = None
-        for i, t in live:
-            term = _vjp_term(b, ins, i, t, sub)
-            if term is not None:
-                total = term if total is None else b.emit("add", [total, term])
-        b.origin = None
-        b.note = "grad"
+        with b.provenance("tangent", sub.origin(ins, b)):
+            for i, t in moving:
+                term = _vjp_term(b, ins, i, t, sub)
+                if term is not None:
+                    total = term if total is None else b.emit("add", [total, term])
         if total is not None:
             tan[ins.out] = total
     return tan
 
 
-def _vjp_term(
-    b: Builder, ins: Instr, i: int, t: Atom, sub: Callable[[Atom], Atom]
-) -> Atom | None:
+def _vjp_term(b: Builder, ins: Instr, i: int, t: Atom, sub: Substitution) -> Atom | None:
     """Operand `i`'s term of the tangent of `ins`: its vjp rule with cotangent `t`."""
     # the rule emits every operand's cotangent; run it in a scratch builder and copy into `b`
     # only what operand i's needs, so forward mode emits no dead code
-    s = Builder()
-    s._next = b._next  # scratch Vars get ids above b's, so they never equal one of b's Vars
+    s = b.scratch()
     h = s.handle
     cts = ins.opdef.vjp(h(t), h(sub(ins.out)), *(h(sub(a)) for a in ins.args),
                         **ins.param_dict())
@@ -261,16 +222,31 @@ def _vjp_term(
     if c is None:
         return None
     atom = c.atom if isinstance(c, Handle) else Const(c)
-    need = {atom}
-    for si in reversed(s.body):
-        if si.out in need:
-            need.update(a for a in si.args if isinstance(a, Var))
-    env: dict[Var, Atom] = {}
-    for si in s.body:
-        if si.out in need:
-            args = [env.get(a, a) if isinstance(a, Var) else a for a in si.args]
-            env[si.out] = b.emit(si.op, args, si.params)
-    return env.get(atom, atom) if isinstance(atom, Var) else atom
+    kept = live(s.body, [atom])
+    return replay(kept, b)(atom) if kept else atom
+
+
+def hvp(func: Func, n_wrt: int, name: str | None = None) -> Func:
+    """Hessian-vector products: `jvp` of `value_and_grad`, keeping the gradient and its tangent.
+
+    Args:
+        func: a forward function with one result.
+        n_wrt: how many leading arguments are parameters (the rest are inputs).
+        name: the new function's name (default ``{func.name}_hvp``).
+    Returns:
+        a `Func` with arguments (params, their tangents ``{label}_dot``, inputs) and results
+        ``grad[0..P), hv[0..P)``, ``hv = H @ params_dot``; only what they need is kept.
+    """
+    _single_result(func, "a Hessian-vector product")
+    j = jvp(value_and_grad(func, n_wrt), n_wrt, name=name or f"{func.name}_hvp")
+    # j's results: value, grad (P), value_dot, grad_dot (P)
+    keep = j.results[1:1 + n_wrt] + j.results[2 + n_wrt:]
+    return Func(j.name, j.args, tuple(live(j.body, keep)), keep)
+
+
+def _single_result(func: Func, what: str) -> None:
+    if len(func.results) != 1:
+        raise ValueError(f"{what} needs a single result, {func.name} has {len(func.results)}")
 
 
 def _tangent(tan: dict[Var, Atom], r: Atom) -> Atom:

@@ -1,13 +1,14 @@
 """The interpreted engine: micrograd's `Value`, eager, the reference semantics of symgrad.
 
-Imports only `symgrad.ops`. Every forward value and every local derivative comes from the op
-table, so the compiled code (which reads the same table) computes the same numbers.
+Imports from symgrad: `ops` (the op table's entries and `OpDef`). Every forward value and every
+local derivative comes from the op table, so the compiled code (which reads the same table)
+computes the same numbers.
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from . import ops
@@ -76,6 +77,17 @@ class Value:
         out._opdef = op
         out._params = params
         return out
+
+    @property
+    def opdef(self) -> OpDef | None:
+        """The op-table entry of the operation that made this node (None for a leaf)."""
+        return self._opdef
+
+    @property
+    def op_params(self) -> Mapping[str, float]:
+        """That operation's static parameters by name, e.g. ``{"p": 2.0}`` for ``x ** 2``
+        (empty for most ops and for leaves); read it, never change it."""
+        return self._params
 
     def _apply(self, op: OpDef, *args: Any, **params: float) -> Value:
         return Value._symgrad_apply(op, (self, *args), params)

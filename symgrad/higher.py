@@ -1,6 +1,6 @@
 """Higher-order compiled functions of a Value graph: `jvp`, `hvp` and `hessian`.
 
-Imports `engine`, `trace`, `autodiff`, `passes`, `ir`, `layout`, `pipeline` (the front and back
+Imports `engine`, `trace`, `autodiff`, `ir`, `layout`, `pipeline` (the front and back
 ends every compiling entry point shares) and `compiled` (the `Program` base class). Each traces
 the graph, applies IR transforms from `autodiff` (forward mode; forward-over-reverse for second
 derivatives), optimises the result and builds a `Program` with its own kernel layout, so
@@ -15,17 +15,17 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .autodiff import hvp as hvp_transform
 from .autodiff import jvp as jvp_transform
-from .autodiff import value_and_grad, value_grad_and_hessian
+from .autodiff import value_grad_and_hessian
 from .compiled import Program
 from .engine import Value
 from .ir import Func
 from .layout import Kernel, Layout
-from .passes import dce
 from .pipeline import back_end, front_end, gc_paused, record_stage
 from .trace import Traced, as_outputs
 
-__all__ = ["Hessian", "Hvp", "Jvp", "hessian", "hvp", "hvp_func", "jvp"]
+__all__ = ["Hessian", "Hvp", "Jvp", "hessian", "hvp", "jvp"]
 
 ProgramT = TypeVar("ProgramT", bound=Program)
 
@@ -73,7 +73,7 @@ def hvp(
     Returns:
         an `Hvp`: ``h(params, v, inputs)`` gives the gradient and ``H @ v``.
     """
-    return _build(Hvp, hvp_func, "hvp", out, wrt, inputs, backend, optimize, name)
+    return _build(Hvp, hvp_transform, "hvp", out, wrt, inputs, backend, optimize, name)
 
 
 @gc_paused()
@@ -99,23 +99,6 @@ def hessian(
     """
     return _build(Hessian, value_grad_and_hessian, "hessian", out, wrt, inputs, backend,
                   optimize, name)
-
-
-def hvp_func(func: Func, n_wrt: int, name: str | None = None) -> Func:
-    """IR -> IR: ``jvp(value_and_grad(func))`` keeping the gradient and its tangent ``H @ v``.
-
-    Returns:
-        a `Func` with arguments (params, their tangents ``{label}_dot``, inputs) and results
-        ``grad[0..P), hv[0..P)``; `func` must have a single result.
-    """
-    if len(func.results) != 1:
-        raise ValueError(f"a Hessian-vector product needs a single result, {func.name} has "
-                         f"{len(func.results)}")
-    g = value_and_grad(func, n_wrt)
-    j = jvp_transform(g, n_wrt, name=name or f"{func.name}_hvp")
-    # j's results: value, grad (P), value_dot, grad_dot (P)
-    keep = j.results[1:1 + n_wrt] + j.results[2 + n_wrt:]
-    return dce(Func(j.name, j.args, j.body, keep))
 
 
 # ---- the shared front and back ends ---------------------------------------------------------

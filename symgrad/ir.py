@@ -1,8 +1,9 @@
 """The IR: SSA instructions in a flat list, with a builder, a verifier, an evaluator and a printer.
 
-Imports only `symgrad.ops`. A `Func` is a list of arguments, a body of `Instr` (each defines one
-new `Var` from atoms: earlier Vars or float `Const` literals) and a tuple of result atoms. Names
-are given out when printing (`names`), so IR objects carry only hints; printing is deterministic.
+Imports from symgrad: `ops` (`OPS`, `OpDef`, `format_literal`). A `Func` is a list of arguments,
+a body of `Instr` (each defines one new `Var` from atoms: earlier Vars or float `Const` literals)
+and a tuple of result atoms. Names are given out when printing (`names`), so IR objects carry
+only hints; printing is deterministic.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import re
 import struct
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,8 +67,9 @@ Atom = Var | Const
 class Instr:
     """``out = op(*args; params)``.
 
-    `origin` is the forward instruction a derivative line came from and `note` what kind of
-    derivative ("grad" in reverse mode, "tangent" in forward mode): printing data only.
+    Provenance, printing data only (set by `Builder.provenance`): `origin` is the instruction a
+    derivative line came from and `note` what kind of derivative ("grad" in reverse mode,
+    "tangent" in forward mode); both are None on forward instructions.
     """
 
     out: Var
@@ -74,7 +77,7 @@ class Instr:
     args: tuple[Atom, ...]
     params: tuple[float, ...] = ()
     origin: Instr | None = field(default=None, compare=False)
-    note: str = field(default="grad", compare=False)
+    note: str | None = field(default=None, compare=False)
 
     @property
     def opdef(self) -> OpDef:
@@ -111,7 +114,8 @@ class Builder:
     """Appends instructions, optionally folding constants, hash-consing (CSE) and rewriting.
 
     ``Builder(fold=False, cse=False)`` records exactly what it is given, so unoptimised IR can
-    still be printed and tested.
+    still be printed and tested. Instructions emitted inside ``with b.provenance(note, origin)``
+    carry that provenance.
     """
 
     def __init__(self, *, fold: bool = False, cse: bool = False, rewrite: Rewrite | None = None):
@@ -123,8 +127,20 @@ class Builder:
         self.defs: dict[Var, Instr] = {}
         self._memo: dict[tuple[Any, ...], Var] = {}
         self._next = 0
-        self.origin: Instr | None = None  # stamped on every emitted instruction
-        self.note = "grad"  # ... with this
+        self._origin: Instr | None = None  # the provenance stamped on what is emitted now
+        self._note: str | None = None
+
+    def provenance(self, note: str, origin: Instr) -> AbstractContextManager[None]:
+        """Within this block, emitted instructions carry the note and origin (nested blocks
+        restore the outer ones), e.g. ``with b.provenance("grad", forward_instr):``."""
+        return _Provenance(self, origin, note)
+
+    def scratch(self) -> Builder:
+        """A plain builder whose Vars never equal one this builder has made so far: emit a
+        rule into it, then `replay` what is kept into this one."""
+        s = Builder()
+        s._next = self._next
+        return s
 
     def _var(self, hint: str = "") -> Var:
         self._next += 1
@@ -166,7 +182,7 @@ class Builder:
             if hit is not None:
                 return hit
         out = self._var(hint)
-        ins = Instr(out, name, atoms, ps, self.origin, self.note)
+        ins = Instr(out, name, atoms, ps, self._origin, self._note)
         self.body.append(ins)
         self.defs[out] = ins
         if self.cse:
@@ -181,6 +197,25 @@ class Builder:
         """Finish: the function with this builder's arguments and body."""
         res = tuple(r.atom if isinstance(r, Handle) else r for r in results)
         return Func(name, tuple(self.args), tuple(self.body), res)
+
+
+class _Provenance:
+    """The context manager of `Builder.provenance` (a class: it is entered once per
+    instruction in the sweeps, where a generator-based one costs more)."""
+
+    __slots__ = ("b", "note", "origin", "saved")
+
+    def __init__(self, b: Builder, origin: Instr, note: str) -> None:
+        self.b, self.origin, self.note = b, origin, note
+        self.saved: tuple[Instr | None, str | None] = (None, None)
+
+    def __enter__(self) -> None:
+        b = self.b
+        self.saved = (b._origin, b._note)
+        b._origin, b._note = self.origin, self.note
+
+    def __exit__(self, *exc: object) -> None:
+        self.b._origin, self.b._note = self.saved
 
 
 def _atom_key(a: Atom) -> tuple[int, Any]:

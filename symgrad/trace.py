@@ -1,6 +1,7 @@
 """Tracing: a `Value` graph becomes an IR `Func`.
 
-Imports `engine` and `ir`. The `wrt` leaves, then the `inputs` leaves, become the function's
+Imports from symgrad: `engine` (`Value`, `topological_order`) and `ir` (`Atom`, `Builder`,
+`Const`, `Func`). The `wrt` leaves, then the `inputs` leaves, become the function's
 arguments; every other leaf is a constant frozen at trace time. Shared sub-graphs stay shared
 (one instruction per Value node), and the walk is iterative, so 100k-node graphs trace fine.
 """
@@ -92,13 +93,13 @@ def trace(
         if not node._prev:
             env[id(node)] = Const(node.data)  # a leaf neither in wrt nor in inputs: frozen
             continue
-        op = node._opdef
+        op = node.opdef
         if op is None:
             raise ValueError(
                 f"{_desc(node)} has operands but no op-table entry (op {node._op!r}); "
                 "build graphs with Value's operators and methods"
             )
         args = [env[id(c)] for c in node._prev]
-        params = [node._params[p] for p in op.params]
+        params = [node.op_params[p] for p in op.params]
         env[id(node)] = b.emit(op, args, params, hint=node.label)
     return Traced(b.build(name, [env[id(o)] for o in outs]), wrt, inputs, outs)

@@ -315,6 +315,19 @@ def test_prev_is_an_ordered_tuple() -> None:
     assert not a._lit
 
 
+def test_opdef_and_op_params_name_the_operation_and_are_read_only() -> None:
+    x = Value(3.0)
+    assert x.opdef is None and dict(x.op_params) == {}
+    for v, name, params in [(x.tanh(), "tanh", {}), (x ** 2, "pow", {"p": 2.0}),
+                            (2.0 - x, "sub", {})]:
+        assert v.opdef is ops.OPS[name]
+        assert dict(v.op_params) == params
+        # the entry's rule gives the node's value: it is the operation that made it
+        assert v.opdef.impl(*(c.data for c in v._prev), **v.op_params) == v.data
+    with pytest.raises(AttributeError):
+        x.tanh().opdef = ops.EXP  # type: ignore[misc]
+
+
 # ---- IEEE semantics: no Python exceptions -------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ That rules out the tempting rewrites ``x + 0.0 -> x`` (wrong for x = -0.0) and `
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -138,6 +139,68 @@ def test_simplify_leaves_inexact_identities_alone() -> None:
     assert str(passes.simplify(f)) == str(f)
     for bad in (-0.0, math.inf, -math.inf, math.nan, 0.0):
         _check_same(f, passes.optimize(f)[0], [bad])
+
+
+# ---- the rules table -----------------------------------------------------------------------------
+
+
+def _agree(f: Func, g: Func, args: list[float]) -> bool:
+    return all(same_float(a, b) for a, b in
+               zip(ir.evaluate(f, args), ir.evaluate(g, args), strict=True))
+
+
+SPECIALS = [0.0, -0.0, math.inf, -math.inf, math.nan, 1.0, -1.0, 5e-324, 1.7976931348623157e308]
+
+
+@pytest.mark.parametrize("rule", passes.SIMPLIFY_RULES, ids=str)
+@given(data=st.data())
+def test_every_rule_is_exact_for_every_float(rule: passes.Rule, data: st.DataObject) -> None:
+    # pattern and replacement evaluated with the op table's impl, on any floats at all (the
+    # special values mixed in, so that each example run meets them)
+    pattern, replacement = rule.as_funcs()
+    floats = st.floats() | st.sampled_from(SPECIALS)
+    args = data.draw(st.lists(floats, min_size=len(pattern.args), max_size=len(pattern.args)))
+    assert _agree(pattern, replacement, args), f"{rule} at {args}: {rule.why}"
+
+
+@pytest.mark.parametrize("rule", passes.SIMPLIFY_RULES, ids=str)
+def test_every_rule_is_exact_at_the_special_values(rule: passes.Rule) -> None:
+    pattern, replacement = rule.as_funcs()
+    for args in itertools.product(SPECIALS, repeat=len(pattern.args)):
+        assert _agree(pattern, replacement, list(args)), f"{rule} at {args}"
+
+
+@pytest.mark.parametrize("rule", passes.SIMPLIFY_RULES, ids=str)
+def test_every_rule_fires_and_gives_its_replacement(rule: passes.Rule) -> None:
+    # the matcher reads the row as written, in both operand orders for a commutative op
+    pattern, replacement = rule.as_funcs()
+    assert str(passes.dce(passes.simplify(pattern))).splitlines()[1:] == \
+        str(replacement).splitlines()[1:]
+    (ins,) = [i for i in pattern.body if i.out == pattern.results[0]]
+    if ins.opdef.commutative:
+        b = Builder()
+        args = [b.arg(a.hint) for a in pattern.args]
+        env = dict(zip(pattern.args, args, strict=True))
+        for i in pattern.body:
+            ops_ = [env.get(a, a) for a in i.args]
+            env[i.out] = b.emit(i.op, ops_[::-1] if i is ins else ops_, i.params)
+        mirrored = b.build("pattern", [env[ins.out]])
+        assert len(passes.dce(passes.simplify(mirrored)).body) == len(replacement.body), rule
+
+
+@pytest.mark.parametrize("rule", passes.NOT_SIMPLIFIED, ids=str)
+def test_every_left_out_identity_is_wrong_somewhere_and_left_alone(rule: passes.Rule) -> None:
+    pattern, replacement = rule.as_funcs()
+    wrong = [a for a in SPECIALS if not _agree(pattern, replacement, [a])]
+    assert wrong, f"{rule} holds at every special value; why was it left out? ({rule.why})"
+    assert str(passes.simplify(pattern)) == str(pattern)
+
+
+def test_the_rules_table_rejects_what_it_cannot_read() -> None:
+    with pytest.raises(ValueError, match="cannot read"):
+        passes.Rule("x @ y", "x", "").as_funcs()
+    with pytest.raises(ValueError, match="cannot read"):
+        passes.Rule("x ** y", "x", "").as_funcs()
 
 
 def test_x_plus_zero_is_not_x() -> None:

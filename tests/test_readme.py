@@ -49,3 +49,12 @@ def test_shown_ir_and_source_are_what_the_code_prints():
     assert "```\n" + str(f.ir) + "\n```" in README
     kernel = f.source.split("\n\n\n")[1] + "\n"
     assert "```python\n" + kernel + "```" in README
+
+
+def test_passes_list_the_rules_table():
+    from symgrad.passes import NOT_SIMPLIFIED, SIMPLIFY_RULES
+
+    paragraph = README.split("**Passes.**", 1)[1].split("\n\n", 1)[0].replace("\n", " ")
+    used, left_out = paragraph.split("NOT_SIMPLIFIED", 1)
+    assert re.findall(r"`([^`]* -> [^`]*)`", used) == [str(r) for r in SIMPLIFY_RULES]
+    assert re.findall(r"`([^`]* -> [^`]*)`", left_out) == [str(r) for r in NOT_SIMPLIFIED]

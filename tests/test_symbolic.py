@@ -16,7 +16,7 @@ from hypothesis import given, note, settings
 
 import symgrad as sg
 from symgrad import ops
-from symgrad.symbolic import first_bad_rule
+from symgrad.checking import first_bad_rule
 from symgrad.trace import trace
 from tests.strategies import Case, programs, to_values
 
