@@ -258,7 +258,7 @@ def symgrad_net(model: Model) -> tuple[Callable[[Sequence[Any]], Any], list[sg.V
 # ---- contenders: each setup returns the timed call -----------------------------------------------
 
 
-Call = Callable[[], tuple[float, np.ndarray]]
+Call = Callable[[], tuple[Any, np.ndarray]]  # (value or per-row values, gradient)
 
 
 def symgrad_loss(model: Model) -> tuple[sg.Value, list[sg.Value], list[sg.Value]]:
@@ -823,8 +823,8 @@ def cold_round(res: ColdResult, seed: int, ref: tuple[float, np.ndarray]) -> Non
                 cwd=tmp, env=env, capture_output=True, text=True, timeout=600, check=False)
             wall = time.perf_counter() - t0
             if proc.returncode != 0:
-                raise RuntimeError(f"{kind} process exit {proc.returncode}: "
-                                   f"{proc.stderr.strip()[-300:]}")
+                last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+                raise RuntimeError(f"{kind} process exit {proc.returncode}: {last[-200:]}")
             got = json.loads(proc.stdout.strip().splitlines()[-1])
             d = max(_max_rel_diff(got["value"], ref[0]), _max_rel_diff(got["grad"], ref[1]))
             if d > GRAD_TOL:
@@ -868,6 +868,18 @@ def versions() -> str:
     return ", ".join(out)
 
 
+def blas() -> str:
+    """NumPy's BLAS and the thread settings it reads at start (the limit's threads)."""
+    try:
+        info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        name = f"{info.get('name', '?')} {info.get('version', '')}".strip()
+    except Exception:  # the layout of show_config differs between NumPy versions
+        name = "unknown"
+    env = [f"{v}={os.environ[v]}" for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                            "MKL_NUM_THREADS") if v in os.environ]
+    return f"{name}, threads: {', '.join(env) if env else 'default (no *_NUM_THREADS set)'}"
+
+
 def header(args: argparse.Namespace, rounds: int) -> str:
     """Machine, date and settings."""
     now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -876,6 +888,7 @@ def header(args: argparse.Namespace, rounds: int) -> str:
         f"# machine: {platform.platform()}, {platform.machine()}, "
         f"os.cpu_count()={os.cpu_count()}",
         f"# {versions()}",
+        f"# numpy BLAS: {blas()}",
         f"# symgrad backend={','.join(args.backends)}, rounds={rounds} (median, interleaved), "
         f"sample >= {args.target:g} s, seed={args.seed}, cold-start rounds={args.cold_rounds}",
         "# load average before the run: "
@@ -934,7 +947,9 @@ def report(all_results: list[tuple[Model, list[Result]]]) -> str:
             "\n  contender needing them."
             "\nmicrograd runs the same network with relu in place of tanh (it has no tanh)."
             "\nnumpy BLAS limit: the same computation as NumPy matrix products (sums in another"
-            "\n  order): the practical bound on this machine, not a competitor."
+            "\n  order): the practical bound on this machine, not a competitor. It runs with"
+            "\n  BLAS's default threads, which lose badly when other work holds the cores:"
+            "\n  OPENBLAS_NUM_THREADS=1 in the environment shows the one-thread bound."
             "\nunder load: timed while one other process spins `while True: pass`, started before"
             "\n  the timing rounds and stopped after them (every contender in the same rounds).")
     if extrapolated:
