@@ -14,49 +14,73 @@ whole data set, for these contenders:
   gradient summed over the examples, float64). Its gradient is checked against symgrad's to 1e-9
   before it is timed.
 - ``jax``: ``jax.jit(jax.value_and_grad(loss))`` in float64, when ``import jax`` works.
+- ``limit`` (on the large model, also under load): the same value and gradient written by hand
+  with NumPy matrix products (BLAS, its default threads) and ``np.tanh`` in float64. It adds the
+  sums in another order, so it is the practical bound for this computation on this machine, not a
+  competitor; its gradient is checked against symgrad's to 1e-9 too.
 
 Models: the lecture's neuron (``tanh(x1*w1 + x2*w2 + b)`` with the lecture's weights) and the
 lecture's tanh MLP at two sizes: MLP(2,[16,16,1]) x 100 examples and MLP(16,[64,64,1]) x 1000.
 On the large model the interpreted engines run on a subset of the examples (``--subset``) and
 their time is extrapolated linearly to the whole data set (marked ``*`` in the table).
 
+Three more workloads:
+
+- ``per-example``: MLP(2,[16,16,1]) x 256 rows, one gradient per row:
+  ``f.batch(params, XY, reduce="none")`` (shape (N, P)) against
+  ``jax.jit(jax.vmap(jax.value_and_grad(loss_one_row)))`` in float64.
+- ``under-load``: the large model (the small one with ``--quick``) timed while ONE other process
+  spins ``while True: pass``; it starts before the model's timing rounds and stops after them,
+  so every contender (symgrad, jax, the limit) runs under the same load in the same rounds.
+- ``cold-start``: ``sg.compile`` of the MLP(2,[16,16,1]) loss plus its first ``f.batch`` call in
+  a fresh Python process whose symgrad cache (``SYMGRAD_CACHE_DIR``) and Numba cache
+  (``NUMBA_CACHE_DIR``, which also holds the cache of symgrad's own compiled functions) are
+  new empty directories; then "warm": the same in a second fresh process, caches now filled.
+
 Timings come from ONE run with interleaved repetitions: after a warm-up call, every round calls
 each contender in turn (round-robin, starting point rotated each round) and the table reports the
 median over the rounds. Fast calls are repeated within a sample so a sample lasts ``--target`` s.
 
+The last table checks the speed targets: symgrad (the first ``--backend``, numba by default)
+against JAX on each workload, as ratios of medians from the same run, and the cold and warm
+start times; each says "met" or "NOT met" (or why it was not measured).
+
 Usage::
 
-    python benchmarks/bench.py                  # all models (symgrad on the large model can take
-                                                #  minutes with the numba backend: see --skip)
+    python benchmarks/bench.py                  # all workloads (a few minutes)
     python benchmarks/bench.py --quick          # small models, few rounds: about a minute
-    python benchmarks/bench.py --skip symgrad@large --skip micrograd
+    python benchmarks/bench.py --skip symgrad@large --skip micrograd --skip cold-start
     python benchmarks/bench.py --backend python
     python benchmarks/bench.py --sizes          # compile-time scaling table only
     python benchmarks/bench.py --sizes 2,4,8    # ... at chosen k for MLP(k, [2k, 2k, 1])
 
-``--skip`` takes a contender (``symgrad``, ``interp``, ``micrograd``, ``numba``, ``jax``), a
-model (``neuron``, ``small``, ``large``) or ``contender@model``; it may be repeated or
-comma-separated. Progress goes to stderr, the tables to stdout. The exit status is 1 when a
-contender failed (an exception, or a gradient that disagrees with symgrad's), else 0.
+``--skip`` takes a contender (``symgrad``, ``interp``, ``micrograd``, ``numba``, ``jax``,
+``limit``), a workload (``neuron``, ``small``, ``large``, ``per-example``, ``under-load``,
+``cold-start``) or ``contender@workload``; it may be repeated or comma-separated. Progress goes
+to stderr, the tables to stdout. The exit status is 1 when a contender failed (an exception, or a
+gradient that disagrees with symgrad's), else 0: a missed target is reported, not an error.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import itertools
+import json
 import math
 import os
 import platform
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +93,17 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import symgrad as sg  # noqa: E402
 from symgrad.nn import MLP  # noqa: E402
 
-OTHERS = ("interp", "micrograd", "numba", "jax")
+SUMMED = ("interp", "micrograd", "numba", "jax")  # what the summed-loss workloads run
+OTHERS = (*SUMMED, "limit")
 CONTENDERS = ("symgrad", *OTHERS)  # "symgrad" stands for one contender per --backend
 LABELS = {
     "interp": "symgrad interpreted",
     "micrograd": "micrograd (relu for tanh)",
     "numba": "hand-written numba",
     "jax": "jax.jit value_and_grad",
+    "limit": "numpy BLAS limit",
 }
-MODELS = ("neuron", "small", "large")
+MODELS = ("neuron", "small", "large", "per-example", "under-load", "cold-start")
 LECTURE_NEURON = (-3.0, 1.0, 6.8813735870195432)  # the lecture's w1, w2, b
 GRAD_TOL = 1e-9  # relative to the gradient's largest entry
 
@@ -92,7 +118,7 @@ def log(msg: str) -> None:
 
 @dataclass
 class Model:
-    """One benchmark problem: a network shape, its parameters and a data set.
+    """One benchmark workload: a network shape, its parameters, a data set and how it is run.
 
     ``sizes`` is ``[nin, *nouts]``; every layer applies tanh (the lecture's network). ``params``
     is flat in symgrad's order: layer by layer, neuron by neuron, weights then bias.
@@ -105,6 +131,9 @@ class Model:
     X: np.ndarray  # (N, nin)
     Y: np.ndarray  # (N,)
     neuron: bool = False  # the lecture's hand-written neuron instead of symgrad.nn.MLP
+    reduce: str = "sum"  # "none": one gradient per row, (N, P)
+    busy: bool = False  # timed while one other process spins a core
+    others: tuple[str, ...] = SUMMED  # the contenders besides symgrad that run on it
 
     @property
     def n(self) -> int:
@@ -140,6 +169,33 @@ def make_neuron(n: int, seed: int) -> Model:
     X = rng.standard_normal((n, 2))
     Y = rng.choice([-1.0, 1.0], size=n)
     return Model("neuron", f"lecture neuron x{n}", [2, 1], np.array(LECTURE_NEURON), X, Y, True)
+
+
+def workloads(seed: int, quick: bool) -> list[Model]:
+    """The timed workloads in run order (the cold start runs apart, see `run_cold_start`).
+
+    ``--quick`` leaves out the large model and runs the under-load workload on the small one.
+    """
+    small = make_model("small", 2, [16, 16, 1], 100, seed)
+    large = make_model("large", 16, [64, 64, 1], 1000, seed)
+    out = [make_neuron(100, seed), small]
+    if not quick:
+        out.append(replace(large, others=OTHERS))
+    per = make_model("per-example", 2, [16, 16, 1], 256, seed)
+    out.append(replace(per, title=f"{per.title} per-example", reduce="none", others=("jax",)))
+    loaded = small if quick else large
+    out.append(replace(loaded, key="under-load", title=f"{loaded.title} under load", busy=True,
+                       others=("jax", "limit")))
+    return out
+
+
+def layer_blocks(sizes: Sequence[int]) -> list[tuple[int, int, int]]:
+    """``(offset, nin, nout)`` of each layer's parameter block: nout rows of nin weights + bias."""
+    out, off = [], 0
+    for nin, nout in itertools.pairwise(sizes):
+        out.append((off, nin, nout))
+        off += nout * (nin + 1)
+    return out
 
 
 def build_net(
@@ -202,21 +258,34 @@ def symgrad_net(model: Model) -> tuple[Callable[[Sequence[Any]], Any], list[sg.V
 # ---- contenders: each setup returns the timed call -----------------------------------------------
 
 
-Call = Callable[[], tuple[float, np.ndarray]]
+Call = Callable[[], tuple[Any, np.ndarray]]  # (value or per-row values, gradient)
 
 
-def setup_symgrad(model: Model, backend: str) -> tuple[Call, dict[str, Any]]:
-    """Trace the per-example loss once and compile it; the call is one ``f.batch`` over all rows."""
+def symgrad_loss(model: Model) -> tuple[sg.Value, list[sg.Value], list[sg.Value]]:
+    """The per-example loss traced once as a symgrad user writes it: ``(loss, wrt, inputs)``."""
     net, leaves = symgrad_net(model)
     xs = [sg.Value(0.0, label=f"x{i}") for i in range(model.sizes[0])]
     y = sg.Value(0.0, label="y")
-    loss = (net(xs) - y) ** 2
-    f = sg.compile(loss, wrt=leaves, inputs=[*xs, y], backend=backend)
+    return (net(xs) - y) ** 2, leaves, [*xs, y]
+
+
+def setup_symgrad(model: Model, backend: str) -> tuple[Call, dict[str, Any]]:
+    """Compile the per-example loss; the call is one ``f.batch`` over all rows.
+
+    With ``model.reduce == "sum"`` it returns the summed loss and gradient, with ``"none"`` the
+    per-row values (N,) and gradients (N, P).
+    """
+    loss, leaves, inputs = symgrad_loss(model)
+    f = sg.compile(loss, wrt=leaves, inputs=inputs, backend=backend)
     params, XY = model.params.copy(), model.XY
 
-    def call() -> tuple[float, np.ndarray]:
-        values, grad = f.batch(params, XY, reduce="sum")
-        return float(np.sum(values)), grad
+    if model.reduce == "none":
+        def call() -> tuple[Any, np.ndarray]:
+            return f.batch(params, XY, reduce="none")
+    else:
+        def call() -> tuple[Any, np.ndarray]:
+            values, grad = f.batch(params, XY, reduce="sum")
+            return float(np.sum(values)), grad
 
     return call, {"stats": f.stats}
 
@@ -320,31 +389,89 @@ def setup_numba(model: Model) -> Call:
     return call
 
 
-def setup_jax(model: Model) -> Call:
-    """``jax.jit(jax.value_and_grad(loss))`` in float64 over a flat parameter vector."""
+def _jax() -> tuple[Any, Any]:
+    """``(jax, jax.numpy)`` with float64 enabled."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
-    sizes = list(model.sizes)
+    return jax, jnp
+
+
+def setup_jax(model: Model) -> Call:
+    """``jax.jit(jax.value_and_grad(loss))`` in float64 over a flat parameter vector."""
+    jax, jnp = _jax()
+    blocks = layer_blocks(model.sizes)
 
     def loss(flat: Any, X: Any, Y: Any) -> Any:
-        h, off = X, 0
-        for nin, nout in itertools.pairwise(sizes):
+        h = X
+        for off, nin, nout in blocks:
             blk = flat[off: off + nout * (nin + 1)].reshape(nout, nin + 1)
-            off += nout * (nin + 1)
             h = jnp.tanh(h @ blk[:, :nin].T + blk[:, nin])
         return jnp.sum((h[:, 0] - Y) ** 2)
 
-    fn = jax.jit(jax.value_and_grad(loss))
+    return _jax_call(jax.jit(jax.value_and_grad(loss)), model)
+
+
+def setup_jax_vmap(model: Model) -> Call:
+    """Per-example: ``jax.jit(jax.vmap(jax.value_and_grad(loss_one_row)))`` in float64."""
+    jax, jnp = _jax()
+    blocks = layer_blocks(model.sizes)
+
+    def loss_one_row(flat: Any, x: Any, y: Any) -> Any:
+        h = x
+        for off, nin, nout in blocks:
+            blk = flat[off: off + nout * (nin + 1)].reshape(nout, nin + 1)
+            h = jnp.tanh(blk[:, :nin] @ h + blk[:, nin])
+        return (h[0] - y) ** 2
+
+    fn = jax.jit(jax.vmap(jax.value_and_grad(loss_one_row), in_axes=(None, 0, 0)))
+    return _jax_call(fn, model)
+
+
+def _jax_call(fn: Any, model: Model) -> Call:
+    params = model.params.copy()
+    X, Y = np.ascontiguousarray(model.X), np.ascontiguousarray(model.Y)
+
+    def call() -> tuple[Any, np.ndarray]:
+        v, g = fn(params, X, Y)
+        g.block_until_ready()
+        return v, g  # converted to numpy only when checked, not inside the timing
+
+    return call
+
+
+def setup_limit(model: Model) -> Call:
+    """The summed loss's value and gradient by hand: NumPy matrix products and ``np.tanh``.
+
+    Forward ``h = tanh(h @ W.T + b)`` layer by layer; backward with ``delta = dloss/dz``:
+    ``dW = delta.T @ h_prev``, ``db = delta.sum(0)``,
+    ``delta_prev = (delta @ W) * (1 - h_prev**2)``.
+    """
+    blocks = layer_blocks(model.sizes)
     params = model.params.copy()
     X, Y = np.ascontiguousarray(model.X), np.ascontiguousarray(model.Y)
 
     def call() -> tuple[float, np.ndarray]:
-        v, g = fn(params, X, Y)
-        g.block_until_ready()
-        return v, g  # converted to numpy only when checked, not inside the timing
+        hs, ws = [X], []
+        for off, nin, nout in blocks:
+            blk = params[off: off + nout * (nin + 1)].reshape(nout, nin + 1)
+            z = hs[-1] @ blk[:, :nin].T
+            z += blk[:, nin]
+            hs.append(np.tanh(z, out=z))
+            ws.append(blk[:, :nin])
+        diff = hs[-1][:, 0] - Y
+        grad = np.empty(params.shape[0])
+        delta = (2.0 * diff)[:, None] * (1.0 - hs[-1] * hs[-1])
+        for i in range(len(blocks) - 1, -1, -1):
+            off, nin, nout = blocks[i]
+            g = grad[off: off + nout * (nin + 1)].reshape(nout, nin + 1)
+            g[:, :nin] = delta.T @ hs[i]
+            g[:, nin] = delta.sum(axis=0)
+            if i:
+                delta = (delta @ ws[i]) * (1.0 - hs[i] * hs[i])
+        return float(diff @ diff), grad
 
     return call
 
@@ -412,59 +539,102 @@ def run_model(
     subset = min(model.n, args.subset) if model.key == "large" else model.n
     results: list[Result] = []
     for name, label in contenders(args.backends):
-        res = Result(name, label)
+        if not name.startswith("symgrad:") and name not in model.others:
+            continue
+        res = Result(name, label_of(name, model) if name in LABELS else label)
         results.append(res)
-        if reason := skip_reason(skips, name, model):
-            res.skipped = reason
-            continue
-        if name == "micrograd" and not have_module("micrograd"):
-            res.skipped = "micrograd not installed (pip install micrograd)"
-            continue
-        if name == "jax" and not have_module("jax"):
-            res.skipped = "jax not installed (pip install jax; optional)"
-            continue
-        backend = name.partition(":")[2]
-        if backend and model.key == "large":
-            log("   (if a backend compiles the large model line by line, Numba takes minutes; "
-                f"--skip {name}@large skips it)")
-        log(f"   setting up {label} ...")
-        t0 = time.perf_counter()
-        try:
-            if backend:
-                res.call, info = setup_symgrad(model, backend)
-                st = info["stats"]
-                lowering = st.get("lowering", backend)
-                how = backend if lowering == backend else f"{backend}: {lowering}"
-                res.note = f"{how}, {_instructions(st)} instrs"
-            elif name in ("interp", "micrograd"):
-                if name == "interp":
-                    res.call = setup_interp(model, sg.Value, "tanh", subset)
-                else:
-                    from micrograd.engine import Value as MgValue
-
-                    res.call = setup_interp(model, MgValue, "relu", subset)
-                if subset < model.n:
-                    res.scale = model.n / subset
-                    res.note = f"* {subset} of {model.n} rows, x{res.scale:g}"
-            elif name == "numba":
-                res.call = setup_numba(model)
-            else:
-                res.call = setup_jax(model)
-            res.first = res.call()
-            if backend or name in ("numba", "jax"):
-                res.compile_s = time.perf_counter() - t0
-        except Exception as e:  # a broken contender is reported, the others still run
-            res.error = f"{type(e).__name__}: {e}"
-            res.call = None
-            log(f"   {label} FAILED: {res.error}")
-            continue
-        if res.compile_s is not None:
-            log(f"   ... compiled + first call in {res.compile_s:.2f} s")
+        res.skipped = why_skipped(skips, name, model)
+        if not res.skipped:
+            prepare(res, model, subset)
     verify(model, results, subset)
     timed = [r for r in results if r.call is not None]
-    for r in timed:  # calibrate: one sample lasts at least --target seconds
+    if model.busy and timed:
+        with busy_process() as busy:
+            time_rounds(timed, args.target, rounds)
+        for r in timed:
+            r.note = _join(r.note, "; ".join(busy.trouble))
+    else:
+        time_rounds(timed, args.target, rounds)
+    for r in results:
+        r.call = None  # let the graphs and kernels go
+    return results
+
+
+def label_of(name: str, model: Model) -> str:
+    """The table's name for a contender other than symgrad on `model`."""
+    if name == "jax" and model.reduce == "none":
+        return "jax.jit vmap value_and_grad"
+    return LABELS[name]
+
+
+def why_skipped(skips: set[str], name: str, model: Model) -> str:
+    """Why `name` does not run on `model` ('' when it runs): --skip or a missing package."""
+    if reason := skip_reason(skips, name, model):
+        return reason
+    if name == "micrograd" and not have_module("micrograd"):
+        return "micrograd not installed (pip install micrograd)"
+    if name == "jax" and not have_module("jax"):
+        return "jax not installed (pip install jax; optional)"
+    return ""
+
+
+def prepare(res: Result, model: Model, subset: int) -> None:
+    """Set up one contender and make its first call ("compile s" for the compiled ones).
+
+    A failure is recorded in ``res.error`` (the other contenders still run).
+    """
+    backend = res.contender.partition(":")[2]
+    if backend and n_params(model.sizes) > 1000:
+        log("   (if a backend compiles the large model line by line, Numba takes minutes; "
+            f"--skip {res.contender}@{model.key} skips it)")
+    log(f"   setting up {res.label} ...")
+    t0 = time.perf_counter()
+    try:
+        res.call = make_call(res, model, subset)
+        res.first = res.call()
+        if backend or res.contender in ("numba", "jax"):
+            res.compile_s = time.perf_counter() - t0
+    except Exception as e:  # a broken contender is reported, the others still run
+        res.error = f"{type(e).__name__}: {e}"
+        res.call = None
+        log(f"   {res.label} FAILED: {res.error}")
+        return
+    if res.compile_s is not None:
+        log(f"   ... compiled + first call in {res.compile_s:.2f} s")
+
+
+def make_call(res: Result, model: Model, subset: int) -> Call:
+    """The timed call of contender ``res.contender`` on `model`; sets its note and scale."""
+    name = res.contender
+    backend = name.partition(":")[2]
+    if backend:
+        call, info = setup_symgrad(model, backend)
+        st = info["stats"]
+        lowering = st.get("lowering", backend)
+        how = backend if lowering == backend else f"{backend}: {lowering}"
+        res.note = f"{how}, {_instructions(st)} instrs"
+        return call
+    if name in ("interp", "micrograd"):
+        if subset < model.n:
+            res.scale = model.n / subset
+            res.note = f"* {subset} of {model.n} rows, x{res.scale:g}"
+        if name == "interp":
+            return setup_interp(model, sg.Value, "tanh", subset)
+        from micrograd.engine import Value as MgValue
+
+        return setup_interp(model, MgValue, "relu", subset)
+    if name == "numba":
+        return setup_numba(model)
+    if name == "limit":
+        return setup_limit(model)
+    return setup_jax_vmap(model) if model.reduce == "none" else setup_jax(model)
+
+
+def time_rounds(timed: list[Result], target: float, rounds: int) -> None:
+    """Calibrate each call to samples of at least `target` s, then run the interleaved rounds."""
+    for r in timed:
         t = _time_once(r.call)  # type: ignore[arg-type]
-        r.number = max(1, min(100_000, math.ceil(args.target / max(t, 1e-9))))
+        r.number = max(1, min(100_000, math.ceil(target / max(t, 1e-9))))
     log(f"   timing {len(timed)} contender(s), {rounds} interleaved rounds ...")
     for k in range(rounds):
         order = timed[k % len(timed):] + timed[: k % len(timed)] if timed else []
@@ -473,9 +643,36 @@ def run_model(
             for _ in range(r.number):
                 r.call()  # type: ignore[misc]
             r.samples.append((time.perf_counter() - t0) / r.number)
-    for r in results:
-        r.call = None  # let the graphs and kernels go
-    return results
+
+
+BUSY = "print('spinning', flush=True)\nwhile True:\n    pass\n"
+
+
+@dataclass
+class Busy:
+    """The busy process and what went wrong with it (empty when it spun throughout)."""
+
+    proc: subprocess.Popen[str]
+    trouble: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def busy_process() -> Iterator[Busy]:
+    """ONE other process spinning ``while True: pass`` (one core's worth) while the block runs."""
+    busy = Busy(subprocess.Popen([sys.executable, "-c", BUSY], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, text=True))
+    try:
+        assert busy.proc.stdout is not None
+        if busy.proc.stdout.readline().strip() != "spinning":  # wait until it spins
+            busy.trouble.append("the busy process did not start")
+        log(f"   one busy process (pid {busy.proc.pid}) spinning")
+        yield busy
+        if busy.proc.poll() is not None:
+            busy.trouble.append("the busy process ended early")
+    finally:
+        busy.proc.kill()
+        busy.proc.wait()
+        log("   busy process stopped")
 
 
 def _time_once(call: Call) -> float:
@@ -490,22 +687,24 @@ def _instructions(stats: dict[str, Any]) -> str:
     return str(n) if n is not None else "?"
 
 
-def _max_rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+def _max_rel_diff(a: Any, b: Any) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return math.inf
     return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
 
 
 def verify(model: Model, results: list[Result], subset: int) -> None:
-    """Check gradients against symgrad's (or, without symgrad, against jax's) before timing.
+    """Check values and gradients against symgrad's (or, without symgrad, jax's) before timing.
 
-    The hand-written kernel must match to 1e-9 or it is not timed (and the run fails); the
-    interpreted engine is compared when it ran on the whole data set; jax is compared and the
-    difference noted.
+    The hand-written kernel and the NumPy limit must match to 1e-9 or they are not timed (and
+    the run fails); the interpreted engine is compared when it ran on the whole data set; jax is
+    compared the same way. Per-example workloads compare every row's value and gradient.
     """
     ref = next((r for r in results if r.first is not None and r.contender.startswith("symgrad")),
                None)
-    jax = next(r for r in results if r.contender == "jax")
-    if ref is None and jax.first is not None:
+    jax = next((r for r in results if r.contender == "jax"), None)
+    if ref is None and jax is not None and jax.first is not None:
         ref = jax
     several = sum(r.contender.startswith("symgrad:") for r in results) > 1
     refname = ref.contender if ref is not None and several else "symgrad"
@@ -518,7 +717,7 @@ def verify(model: Model, results: list[Result], subset: int) -> None:
             r.note = _join(r.note, "unverified")
             continue
         d = _max_rel_diff(r.first[1], ref.first[1])  # type: ignore[index]
-        dv = abs(float(r.first[0]) - float(ref.first[0])) / max(1.0, abs(float(ref.first[0])))
+        dv = _max_rel_diff(r.first[0], ref.first[0])  # type: ignore[index]
         ok = d <= GRAD_TOL and dv <= GRAD_TOL
         r.note = _join(r.note, f"grad ~ {refname} {d:.0e}" if ok else "")
         if not ok:
@@ -530,6 +729,112 @@ def verify(model: Model, results: list[Result], subset: int) -> None:
 
 def _join(a: str, b: str) -> str:
     return f"{a}; {b}" if a and b else a or b
+
+
+# ---- cold start ----------------------------------------------------------------------------------
+
+
+BENCH_DIR = Path(__file__).resolve().parent
+COLD_CHILD = (  # argv: benchmarks directory, backend, seed
+    "import sys, time\n"
+    "t0 = time.perf_counter()\n"
+    "import symgrad\n"
+    "t_import = time.perf_counter() - t0\n"
+    "sys.path.insert(0, sys.argv[1])\n"
+    "import bench\n"
+    "bench.cold_child(sys.argv[2], int(sys.argv[3]), t_import)\n"
+)
+
+
+@dataclass
+class ColdResult:
+    """Cold and warm starts of one backend in fresh processes, seconds per round."""
+
+    backend: str
+    cold: list[float] = field(default_factory=list)  # sg.compile + first batch, empty caches
+    warm: list[float] = field(default_factory=list)  # the same, caches filled
+    import_s: list[float] = field(default_factory=list)  # `import symgrad`, cold process
+    process_cold: list[float] = field(default_factory=list)  # whole process, as seen outside
+    process_warm: list[float] = field(default_factory=list)
+    lowering: str = ""
+    diff: float = 0.0  # largest difference from NumPy's value and gradient (max relative)
+    skipped: str = ""
+    error: str = ""
+
+
+def cold_model(seed: int) -> Model:
+    """The cold-start workload: the MLP(2,[16,16,1]) loss over the small model's 100 rows."""
+    small = make_model("cold-start", 2, [16, 16, 1], 100, seed)
+    return replace(small, title=f"{small.title} cold start")
+
+
+def cold_child(backend: str, seed: int, import_s: float) -> None:
+    """Inside a fresh process: time `sg.compile` + the first batch call; print one JSON line."""
+    model = cold_model(seed)
+    loss, leaves, inputs = symgrad_loss(model)
+    params, XY = model.params.copy(), model.XY
+    t0 = time.perf_counter()
+    f = sg.compile(loss, wrt=leaves, inputs=inputs, backend=backend)
+    values, grad = f.batch(params, XY, reduce="sum")
+    compile_s = time.perf_counter() - t0
+    print(json.dumps({"import_s": import_s, "compile_s": compile_s,
+                      "lowering": str(f.stats.get("lowering", backend)),
+                      "value": float(np.sum(values)), "grad": grad.tolist()}), flush=True)
+
+
+def run_cold_start(args: argparse.Namespace, skips: set[str]) -> list[ColdResult]:
+    """Cold and warm start of every backend, `args.cold_rounds` times each.
+
+    Results are checked against the NumPy value and gradient (an independent computation).
+    """
+    model = cold_model(args.seed)
+    log(f"\n== {model.title}: fresh processes, empty caches, {args.cold_rounds} round(s)")
+    ref = setup_limit(model)()
+    out: list[ColdResult] = []
+    for backend in args.backends:
+        res = ColdResult(backend)
+        out.append(res)
+        res.skipped = skip_reason(skips, f"symgrad:{backend}", model)
+        if res.skipped:
+            continue
+        for k in range(args.cold_rounds):
+            log(f"   backend={backend}: round {k + 1}, a cold process then a warm one ...")
+            try:
+                cold_round(res, args.seed, ref)
+            except Exception as e:  # reported in the table; the run's exit status says it
+                res.error = f"{type(e).__name__}: {e}"
+                log(f"   cold start [{backend}] FAILED: {res.error}")
+                break
+            log(f"   ... cold {res.cold[-1]:.2f} s, warm {res.warm[-1]:.2f} s")
+    return out
+
+
+def cold_round(res: ColdResult, seed: int, ref: tuple[float, np.ndarray]) -> None:
+    """One cold process and one warm one sharing a new pair of cache directories."""
+    with tempfile.TemporaryDirectory(prefix="symgrad-bench-cold-") as tmp:
+        env = {**os.environ, "SYMGRAD_CACHE_DIR": os.path.join(tmp, "symgrad"),
+               "NUMBA_CACHE_DIR": os.path.join(tmp, "numba")}
+        env.pop("SYMGRAD_CACHE", None)  # the cache must be on for a warm start
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        for kind in ("cold", "warm"):
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-c", COLD_CHILD, str(BENCH_DIR), res.backend, str(seed)],
+                cwd=tmp, env=env, capture_output=True, text=True, timeout=600, check=False)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+                raise RuntimeError(f"{kind} process exit {proc.returncode}: {last[-200:]}")
+            got = json.loads(proc.stdout.strip().splitlines()[-1])
+            d = max(_max_rel_diff(got["value"], ref[0]), _max_rel_diff(got["grad"], ref[1]))
+            if d > GRAD_TOL:
+                raise ValueError(f"{kind} start: value/gradient differ from NumPy's by {d:.2e}")
+            res.diff = max(res.diff, d)
+            res.lowering = got["lowering"]
+            getattr(res, kind).append(got["compile_s"])
+            getattr(res, f"process_{kind}").append(wall)
+            if kind == "cold":
+                res.import_s.append(got["import_s"])
 
 
 # ---- reporting -----------------------------------------------------------------------------------
@@ -563,6 +868,18 @@ def versions() -> str:
     return ", ".join(out)
 
 
+def blas() -> str:
+    """NumPy's BLAS and the thread settings it reads at start (the limit's threads)."""
+    try:
+        info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        name = f"{info.get('name', '?')} {info.get('version', '')}".strip()
+    except Exception:  # the layout of show_config differs between NumPy versions
+        name = "unknown"
+    env = [f"{v}={os.environ[v]}" for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                            "MKL_NUM_THREADS") if v in os.environ]
+    return f"{name}, threads: {', '.join(env) if env else 'default (no *_NUM_THREADS set)'}"
+
+
 def header(args: argparse.Namespace, rounds: int) -> str:
     """Machine, date and settings."""
     now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -571,17 +888,24 @@ def header(args: argparse.Namespace, rounds: int) -> str:
         f"# machine: {platform.platform()}, {platform.machine()}, "
         f"os.cpu_count()={os.cpu_count()}",
         f"# {versions()}",
+        f"# numpy BLAS: {blas()}",
         f"# symgrad backend={','.join(args.backends)}, rounds={rounds} (median, interleaved), "
-        f"sample >= {args.target:g} s, seed={args.seed}",
+        f"sample >= {args.target:g} s, seed={args.seed}, cold-start rounds={args.cold_rounds}",
+        "# load average before the run: "
+        + (" ".join(f"{x:.2f}" for x in args.loadavg) if args.loadavg else "unknown"),
         "# symgrad cache: " + ("as configured (--warm-cache)" if args.warm_cache
                                else "cold (a fresh temporary SYMGRAD_CACHE_DIR)"),
     ])
 
 
+RIGHT = {"compile s", "per call", "vs symgrad", "measured", "cold s", "warm s", "import s",
+         "cold process s", "warm process s"}  # right-aligned columns
+
+
 def table(rows: list[list[str]], head: list[str]) -> str:
     """A plain-text table with left-aligned text and right-aligned numbers."""
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    right = {i for i, h in enumerate(head) if h in {"compile s", "per call", "vs symgrad"}}
+    right = {i for i, h in enumerate(head) if h in RIGHT}
 
     def line(r: list[str]) -> str:
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in
@@ -615,11 +939,19 @@ def report(all_results: list[tuple[Model, list[Result]]]) -> str:
             comp = f"{r.compile_s:.2f}" if r.compile_s is not None else "-"
             rows.append([model.title, r.label, comp, fmt_time(pc), ratio, r.note])
     out = table(rows, ["model", "contender", "compile s", "per call", "vs symgrad", "note"])
-    out += ("\n\nper call: value + gradient of the summed loss over the whole data set (median)."
+    out += ("\n\nper call: value + gradient of the summed loss over the whole data set (median);"
+            "\n  per-example: the N values and the (N, P) per-row gradients."
             "\nvs symgrad: per-call time / symgrad's (above 1: slower than symgrad)."
-            "\ncompile s: compile plus the first call; '-' for the interpreted engines. One-off"
-            "\n  costs (a JIT done once per process) land on the first contender needing them."
-            "\nmicrograd runs the same network with relu in place of tanh (it has no tanh).")
+            "\ncompile s: compile plus the first call; '-' for the interpreted engines and the"
+            "\n  NumPy limit. One-off costs (a JIT done once per process) land on the first"
+            "\n  contender needing them."
+            "\nmicrograd runs the same network with relu in place of tanh (it has no tanh)."
+            "\nnumpy BLAS limit: the same computation as NumPy matrix products (sums in another"
+            "\n  order): the practical bound on this machine, not a competitor. It runs with"
+            "\n  BLAS's default threads, which lose badly when other work holds the cores:"
+            "\n  OPENBLAS_NUM_THREADS=1 in the environment shows the one-thread bound."
+            "\nunder load: timed while one other process spins `while True: pass`, started before"
+            "\n  the timing rounds and stopped after them (every contender in the same rounds).")
     if extrapolated:
         out += ("\n* timed on a subset of the rows and extrapolated linearly to the whole data "
                 "set.")
@@ -627,6 +959,110 @@ def report(all_results: list[tuple[Model, list[Result]]]) -> str:
         out += "\n\nskipped:\n" + "\n".join(
             f"  {c} on {', '.join(ms)}: {why}" for (c, why), ms in skipped.items())
     return out
+
+
+def cold_report(cold: list[ColdResult]) -> str:
+    """The cold/warm start table: medians over the rounds, seconds."""
+    head = ["backend", "lowering", "cold s", "warm s", "import s", "cold process s",
+            "warm process s", "note"]
+
+    def med(xs: list[float]) -> str:
+        return f"{statistics.median(xs):.2f}" if xs else "-"
+
+    rows = []
+    for c in cold:
+        if c.skipped or c.error:
+            rows.append([c.backend, "-", "-", "-", "-", "-", "-",
+                         "skipped: " + c.skipped if c.skipped else "FAILED " + c.error[:90]])
+            continue
+        rows.append([c.backend, c.lowering, med(c.cold), med(c.warm), med(c.import_s),
+                     med(c.process_cold), med(c.process_warm),
+                     f"{len(c.cold)} round(s); grad ~ numpy {c.diff:.0e}"])
+    return (table(rows, head) + "\n\ncold s: sg.compile of the loss + its first f.batch call in "
+            "a fresh process whose SYMGRAD_CACHE_DIR and\n  NUMBA_CACHE_DIR are new empty "
+            "directories (median over rounds); warm s: the same in a second\n  fresh process, "
+            "caches now filled. import s: `import symgrad` in the cold process; process s:\n  "
+            "the whole child process seen from outside (interpreter start, imports, model, "
+            "compile).")
+
+
+# ---- targets -------------------------------------------------------------------------------------
+
+
+RATIO_TARGETS = (  # (workload, the workload it is defined on, symgrad time / jax time at most)
+    ("neuron", "lecture neuron x100", 0.3),
+    ("small", "MLP(2,[16,16,1])x100", 0.6),
+    ("large", "MLP(16,[64,64,1])x1000", 1.0),
+    ("per-example", "MLP(2,[16,16,1])x256 per-example", 1.0),
+    ("under-load", "MLP(16,[64,64,1])x1000 under load", 1.5),
+)
+START_TARGETS = (("cold", 3.0), ("warm", 0.5))  # seconds, less than
+
+
+def _median_of(results: list[Result], name: str, label: str) -> tuple[float | None, str]:
+    """Contender `name`'s median per call, or None and why it has none."""
+    r = next((r for r in results if r.contender == name), None)
+    if r is None:
+        return None, f"{label} not run"
+    if r.skipped:
+        return None, f"{r.label}: {r.skipped}"
+    if r.error:
+        return None, f"{r.label} FAILED"
+    return (r.per_call, "") if r.per_call else (None, f"{r.label} not timed")
+
+
+def ratio_target(
+    entry: tuple[Model, list[Result]] | None, title: str, limit: float, backend: str
+) -> list[str]:
+    """One target row: symgrad's median over jax's on one workload (the same run)."""
+    what = f"{title}: symgrad [{backend}] / jax"
+    thr = f"<= {limit:.1f}x"
+    if entry is None:
+        return [what, "-", thr, "not measured", "workload not run (--quick)"]
+    model, results = entry
+    sym, why_sym = _median_of(results, f"symgrad:{backend}", f"symgrad [{backend}]")
+    jax, why_jax = _median_of(results, "jax", "jax")
+    if sym is None or jax is None:
+        return [what, "-", thr, "not measured", why_sym or why_jax]
+    if model.title != title:
+        return [what, "-", thr, "not measured",
+                f"--quick ran {model.title} instead: {sym / jax:.3g}x"]
+    if model.busy and any("busy process" in r.note for r in results):
+        return [what, "-", thr, "not measured", "the busy process did not spin throughout"]
+    lim, _ = _median_of(results, "limit", "limit")
+    note = "" if lim is None else (f"limit (numpy BLAS) {lim / jax:.3g}x jax; "
+                                   f"symgrad {sym / lim:.3g}x limit")
+    return [what, f"{sym / jax:.3g}x", thr, "met" if sym / jax <= limit else "NOT met", note]
+
+
+def start_target(cold: list[ColdResult], kind: str, limit: float, backend: str) -> list[str]:
+    """One target row: the median cold (or warm) start of `backend`, seconds."""
+    what = (f"{kind} start [{backend}]: sg.compile + 1st batch, MLP(2,[16,16,1]), "
+            + ("empty caches" if kind == "cold" else "caches filled"))
+    thr = f"< {limit:.1f} s"
+    c = next((c for c in cold if c.backend == backend), None)
+    if c is None or c.skipped or c.error:
+        why = "not run" if c is None else c.skipped or "FAILED"
+        return [what, "-", thr, "not measured", why]
+    t = statistics.median(getattr(c, kind))
+    proc = statistics.median(getattr(c, f"process_{kind}"))
+    note = f"median of {len(c.cold)}; whole process {proc:.2f} s"
+    return [what, f"{t:.2f} s", thr, "met" if t < limit else "NOT met", note]
+
+
+def targets_report(
+    all_results: list[tuple[Model, list[Result]]], cold: list[ColdResult], backend: str
+) -> str:
+    """The targets table: each target, what was measured, the threshold and met / NOT met."""
+    by_key = {m.key: (m, rs) for m, rs in all_results}
+    rows = [ratio_target(by_key.get(key), title, limit, backend)
+            for key, title, limit in RATIO_TARGETS]
+    rows += [start_target(cold, kind, limit, backend) for kind, limit in START_TARGETS]
+    counts = {s: sum(r[3] == s for r in rows) for s in ("met", "NOT met", "not measured")}
+    return (table(rows, ["target", "measured", "threshold", "status", "note"])
+            + "\n\nratios: symgrad's median per-call time / jax's, from the same interleaved "
+            "rounds;\n  symgrad is the first --backend. "
+            + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".")
 
 
 # ---- compile-time scaling ------------------------------------------------------------------------
@@ -691,7 +1127,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="small models only, few rounds (about a minute)")
+                   help="small models only (the under-load workload on the small model), few "
+                        "rounds, one cold-start round (about a minute)")
     p.add_argument("--backend", default="numba",
                    help="symgrad backend, or a comma list to compare several in the same "
                         "interleaved run (the first is the reference); default: numba")
@@ -699,6 +1136,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="interleaved rounds per model (default 7, --quick 3)")
     p.add_argument("--target", type=float, default=None,
                    help="seconds a sample lasts at least (default 0.2, --quick 0.05)")
+    p.add_argument("--cold-rounds", type=int, default=None,
+                   help="cold/warm start pairs of fresh processes (default 3, --quick 1)")
     p.add_argument("--subset", type=int, default=10,
                    help="rows the interpreted engines run on the large model (default 10)")
     p.add_argument("--skip", action="append", default=[], metavar="WHAT",
@@ -711,15 +1150,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "cache directory, so compile times are cold)")
     p.add_argument("--seed", type=int, default=1337)
     args = p.parse_args(argv)
+    args.loadavg = os.getloadavg() if hasattr(os, "getloadavg") else None
     if args.rounds is None:
         args.rounds = 3 if args.quick else 7
     if args.target is None:
         args.target = 0.05 if args.quick else 0.2
+    if args.cold_rounds is None:
+        args.cold_rounds = 1 if args.quick else 3
     args.backends = list(dict.fromkeys(b.strip() for b in args.backend.split(",") if b.strip()))
     if not args.backends:
         p.error("--backend: name at least one backend")
-    if args.rounds < 1 or args.subset < 1:
-        p.error("--rounds and --subset must be positive")
+    if args.rounds < 1 or args.subset < 1 or args.cold_rounds < 1:
+        p.error("--rounds, --cold-rounds and --subset must be positive")
     return args
 
 
@@ -732,7 +1174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         c, _, m = s.partition("@")
         if c not in [*names, *MODELS] or (m and (m not in MODELS or c in MODELS)):
             print(f"bench.py: unknown --skip {s!r}; use a contender ({', '.join(names)}), "
-                  f"a model ({', '.join(MODELS)}) or contender@model", file=sys.stderr)
+                  f"a workload ({', '.join(MODELS)}) or contender@workload", file=sys.stderr)
             return 2
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))  # micrograd's recursive topo sort
     tmp_cache = None
@@ -748,28 +1190,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, skips: set[str]) -> int:
     if args.sizes is not None:
-        try:
-            ks = [int(k) for k in args.sizes.split(",")]
-        except ValueError:
-            print(f"bench.py: --sizes expects integers like 2,4,8,12, got {args.sizes!r}",
-                  file=sys.stderr)
-            return 2
-        print(header(args, args.rounds))
-        failed = False
-        for backend in args.backends:
-            print(f"\ncompile-time scaling, MLP(k,[2k,2k,1]), backend={backend}\n")
-            text = sizes_table(ks, backend, args, skips)
-            failed |= "FAILED" in text
-            print(text, flush=True)
-        return 1 if failed else 0
-    models = [make_neuron(100, args.seed), make_model("small", 2, [16, 16, 1], 100, args.seed)]
-    if not args.quick:
-        models.append(make_model("large", 16, [64, 64, 1], 1000, args.seed))
-    all_results = [(m, run_model(m, args, skips, args.rounds)) for m in models]
+        return _run_sizes(args, skips)
+    all_results = [(m, run_model(m, args, skips, args.rounds))
+                   for m in workloads(args.seed, args.quick)]
+    cold = run_cold_start(args, skips)
     print(header(args, args.rounds))
     print()
     print(report(all_results), flush=True)
-    failed = any(r.error for _, rs in all_results for r in rs)
+    print(f"\ncold start, backend={','.join(args.backends)}\n")
+    print(cold_report(cold), flush=True)
+    print("\ntargets\n")
+    print(targets_report(all_results, cold, args.backends[0]), flush=True)
+    failed = any(r.error for _, rs in all_results for r in rs) or any(c.error for c in cold)
+    return 1 if failed else 0
+
+
+def _run_sizes(args: argparse.Namespace, skips: set[str]) -> int:
+    try:
+        ks = [int(k) for k in args.sizes.split(",")]
+    except ValueError:
+        print(f"bench.py: --sizes expects integers like 2,4,8,12, got {args.sizes!r}",
+              file=sys.stderr)
+        return 2
+    print(header(args, args.rounds))
+    failed = False
+    for backend in args.backends:
+        print(f"\ncompile-time scaling, MLP(k,[2k,2k,1]), backend={backend}\n")
+        text = sizes_table(ks, backend, args, skips)
+        failed |= "FAILED" in text
+        print(text, flush=True)
     return 1 if failed else 0
 
 
