@@ -5,8 +5,8 @@ on blocks of examples:
 
 - ``forward``: `dense_forward`, bias first (K = n_in + 1), as the tape's forward sums are;
 - ``input grad``: `dense_forward` on cotangents (n_out = n_in of the layer, K = its n_out);
-- ``weight grad``: `dense_outer`, cotangents times inputs summed over the block (the longer
-  list second, as its docstring asks);
+- ``weight grad``: `dense_outer`, cotangents times inputs summed over the block (the lists
+  in the order `outer_swapped` picks);
 - ``per-row grad``: `dense_outer_rows`, one product per example into a (rows, P) gradient.
 
 Contenders, timed on the same operands:
@@ -19,7 +19,9 @@ Contenders, timed on the same operands:
 
 GFLOP/s counts a multiply and an add as 2 flops (n_out * K * nb of each). Timing: after a
 warm-up, each round times every contender in turn (order rotated each round), a sample repeats
-calls for about ``--target`` seconds; the table shows the median over rounds.
+calls for about ``--target`` seconds; the table shows the median over rounds. Samples are the
+calling thread's CPU time, so time the machine gives to other processes is not counted (the
+kernels and BLAS run on that thread).
 
 ``--compile`` instead measures JIT cost in fresh processes: each kernel's first call with a cold
 Numba cache (an empty ``NUMBA_CACHE_DIR``), then the same with the cache warm. ``--asm`` prints
@@ -113,12 +115,15 @@ def forward_case(n_out: int, K: int, nb: int, rng: np.random.Generator) -> dict[
     }
 
 
-def outer_case(n_i: int, n_j: int, nb: int, rng: np.random.Generator) -> dict[str, Callable]:
-    work = rng.standard_normal((n_i + n_j, nb))
-    a_rows = np.arange(n_i, dtype=np.int64)
-    b_rows = np.arange(n_i, n_i + n_j, dtype=np.int64)
-    A, Bt = work[:n_i], np.ascontiguousarray(work[n_i:].T)
-    G, G2, tmp = np.zeros((n_i, n_j)), np.zeros((n_i, n_j)), np.empty((n_i, n_j))
+def outer_case(n_ct: int, n_x: int, nb: int, rng: np.random.Generator) -> dict[str, Callable]:
+    # a layer's weight gradient: cotangents (n_ct) times inputs (n_x), the lists in the order
+    # outer_swapped picks
+    work = rng.standard_normal((n_ct + n_x, nb))
+    ct, x = np.arange(n_ct, dtype=np.int64), np.arange(n_ct, n_ct + n_x, dtype=np.int64)
+    a_rows, b_rows = (x, ct) if dense.outer_swapped(n_ct, n_x) else (ct, x)
+    A, Bt = work[a_rows], np.ascontiguousarray(work[b_rows].T)
+    G, G2 = np.zeros((len(a_rows), len(b_rows))), np.zeros((len(a_rows), len(b_rows)))
+    tmp = np.empty_like(G)
 
     def blas() -> None:
         np.matmul(A, Bt, out=tmp)
@@ -149,24 +154,27 @@ def outer_rows_case(n_i: int, n_j: int, nb: int, rng: np.random.Generator) -> di
     }
 
 
-# (model, what, kernel case, n_out or n_i, K or n_j)
+# (model, what, kernel case, n_out or cotangents, K or inputs, blocks)
+BIG, SMALL = "MLP(16,[64,64,1])", "MLP(2,[16,16,1])"
+BIG_BLOCKS, SMALL_BLOCKS = (32, 128, 256), (32, 100)
 LAYERS = [
-    ("MLP(16,[64,64,1])", "forward 16->64", forward_case, 64, 17),
-    ("MLP(16,[64,64,1])", "forward 64->64", forward_case, 64, 65),
-    ("MLP(16,[64,64,1])", "forward 64->1", forward_case, 1, 65),
-    ("MLP(16,[64,64,1])", "input grad 64->64", forward_case, 64, 64),
-    ("MLP(16,[64,64,1])", "input grad 64->1", forward_case, 64, 1),
-    ("MLP(16,[64,64,1])", "weight grad 16->64", outer_case, 16, 64),
-    ("MLP(16,[64,64,1])", "weight grad 64->64", outer_case, 64, 64),
-    ("MLP(16,[64,64,1])", "weight grad 64->1", outer_case, 1, 64),
-    ("MLP(16,[64,64,1])", "per-row grad 64->64", outer_rows_case, 64, 64),
-    ("MLP(2,[16,16,1])", "forward 2->16", forward_case, 16, 3),
-    ("MLP(2,[16,16,1])", "forward 16->16", forward_case, 16, 17),
-    ("MLP(2,[16,16,1])", "input grad 16->16", forward_case, 16, 16),
-    ("MLP(2,[16,16,1])", "weight grad 2->16", outer_case, 2, 16),
-    ("MLP(2,[16,16,1])", "weight grad 16->16", outer_case, 16, 16),
+    (BIG, "forward 16->64", forward_case, 64, 17, BIG_BLOCKS),
+    (BIG, "forward 64->64", forward_case, 64, 65, BIG_BLOCKS),
+    (BIG, "forward 64->1", forward_case, 1, 65, BIG_BLOCKS),
+    (BIG, "input grad 64->64", forward_case, 64, 64, BIG_BLOCKS),
+    (BIG, "input grad 64->1", forward_case, 64, 1, BIG_BLOCKS),
+    (BIG, "weight grad 16->64", outer_case, 64, 16, BIG_BLOCKS),
+    (BIG, "weight grad 64->64", outer_case, 64, 64, BIG_BLOCKS),
+    (BIG, "weight grad 64->1", outer_case, 1, 64, BIG_BLOCKS),
+    (BIG, "per-row grad 64->64", outer_rows_case, 64, 64, BIG_BLOCKS),
+    (SMALL, "forward 2->16", forward_case, 16, 3, SMALL_BLOCKS),
+    (SMALL, "forward 16->16", forward_case, 16, 17, SMALL_BLOCKS),
+    (SMALL, "forward 16->1", forward_case, 1, 17, SMALL_BLOCKS),
+    (SMALL, "input grad 16->16", forward_case, 16, 16, SMALL_BLOCKS),
+    (SMALL, "weight grad 2->16", outer_case, 16, 2, SMALL_BLOCKS),
+    (SMALL, "weight grad 16->16", outer_case, 16, 16, SMALL_BLOCKS),
+    (SMALL, "weight grad 16->1", outer_case, 1, 16, SMALL_BLOCKS),
 ]
-BLOCKS = (32, 128, 256)
 CONTENDERS = ("dense", "blas", "naive")
 
 
@@ -175,10 +183,10 @@ def time_round(calls: dict[str, Callable], order: list[str], target: float,
     out = {}
     for name in order:
         fn, n = calls[name], reps[name]
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         for _ in range(n):
             fn()
-        out[name] = (time.perf_counter() - t0) / n
+        out[name] = (time.thread_time() - t0) / n
     return out
 
 
@@ -187,8 +195,9 @@ def bench_case(calls: dict[str, Callable], rounds: int, target: float) -> dict[s
     for name, fn in calls.items():  # warm up (compiles), then size each sample
         fn()
         t0 = time.perf_counter()
-        fn()
-        reps[name] = max(1, int(target / max(time.perf_counter() - t0, 1e-7)))
+        for _ in range(10):
+            fn()
+        reps[name] = max(1, int(target / max((time.perf_counter() - t0) / 10, 1e-7)))
     samples: dict[str, list[float]] = {n: [] for n in calls}
     names = list(calls)
     for r in range(rounds):
@@ -204,8 +213,8 @@ def run_bench(rounds: int, target: float) -> None:
           f"vector width {dense.WIDTH} doubles, tile {dense.ROWS} x {dense.COLS}")
     head = f"{'model':18s} {'kernel':22s} {'nb':>4s}"
     print(head + "".join(f" {c + ' us':>10s} {c + ' GF/s':>11s}" for c in CONTENDERS))
-    for model, what, case, m, k in LAYERS:
-        for nb in BLOCKS:
+    for model, what, case, m, k, blocks in LAYERS:
+        for nb in blocks:
             med = bench_case(case(m, k, nb, rng), rounds, target)
             flops = 2.0 * m * k * nb
             line = f"{model:18s} {what:22s} {nb:4d}"
@@ -217,14 +226,21 @@ def run_bench(rounds: int, target: float) -> None:
 # ---- compile time, in fresh processes -------------------------------------------------------
 
 _FIRST_CALLS = """
-import json, time
-t0 = time.perf_counter()
+import json, sys, time
 import numpy as np, numba
+times = {}
+if sys.argv[1] == "after-tape":  # the process has compiled symgrad's tape interpreter first
+    from symgrad import tape
+    c0 = time.process_time()
+    tape.interpreter("numba")
+    times["tape interpreter (context)"] = time.process_time() - c0
+else:
+    c0 = time.process_time()
+    numba.njit(lambda a: a[0])(np.zeros(1))
+    times["numba warm-up (context)"] = time.process_time() - c0
 from symgrad import dense
-times = {"import": time.perf_counter() - t0}
 work = np.zeros((8, 32)); rows = np.arange(4); rows2 = np.arange(4, 8)
 calls = {
-    "numba warm-up (trivial function)": lambda: numba.njit(lambda a: a[0])(work[0]),
     "dense_forward": lambda: dense.dense_forward(work, rows2, rows, np.zeros((4, 4)), 32),
     "dense_outer": lambda: dense.dense_outer(np.zeros((4, 4)), work, rows, rows2, 0, 32),
     "dense_outer_rows": lambda: dense.dense_outer_rows(np.zeros((32, 20)), 0, 0, 5, 1, work,
@@ -232,37 +248,44 @@ calls = {
     "gather": lambda: dense.gather(work[:, 0], np.zeros((2, 2), np.int64), np.zeros((2, 2))),
 }
 for name, fn in calls.items():
-    t0, c0 = time.perf_counter(), time.process_time()
+    c0 = time.process_time()
     fn()
-    times[name] = (time.perf_counter() - t0, time.process_time() - c0)
+    times[name] = time.process_time() - c0
 print(json.dumps(times))
 """
 
 
-def run_compile(repeats: int) -> None:
+def _first_calls(context: str, cache: str) -> dict[str, float]:
     root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(root))
-    results: dict[str, dict[str, list[float]]] = {"cold": {}, "warm": {}}
+    env = dict(os.environ, PYTHONPATH=str(root), NUMBA_CACHE_DIR=cache, SYMGRAD_CACHE_DIR=cache)
+    out = subprocess.run([sys.executable, "-c", _FIRST_CALLS, context], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def run_compile(repeats: int) -> None:
+    """Cold and warm first calls, in fresh processes with a fresh cache directory each."""
+    columns = [("alone", "cold"), ("alone", "warm"), ("after-tape", "cold")]
+    results: dict[tuple[str, str], dict[str, list[float]]] = {c: {} for c in columns}
     for _ in range(repeats):
-        with tempfile.TemporaryDirectory() as cache:
-            env["NUMBA_CACHE_DIR"] = cache
-            for state in ("cold", "warm"):
-                out = subprocess.run([sys.executable, "-c", _FIRST_CALLS], env=env, check=True,
-                                     capture_output=True, text=True).stdout
-                for name, t in json.loads(out).items():
-                    if name != "import":
-                        results[state].setdefault(name, []).append(t[1])
-    print(f"# first call (CPU seconds, median of {repeats} fresh processes each); a kernel's "
-          "first call compiles it (cold cache) or loads it (warm)")
-    print(f"{'':34s} {'cold':>8s} {'warm':>8s}")
-    for name in results["cold"]:
-        cold = statistics.median(results["cold"][name])
-        warm = statistics.median(results["warm"][name])
-        print(f"{name:34s} {cold:8.3f} {warm:8.3f}")
-    kernels = [n for n in results["cold"] if not n.startswith("numba")]
-    for state in ("cold", "warm"):
-        total = sum(statistics.median(results[state][n]) for n in kernels)
-        print(f"# all kernels, {state} cache: {total:.3f} s")
+        for context in ("alone", "after-tape"):
+            with tempfile.TemporaryDirectory() as cache:
+                for state in ("cold", "warm")[: 2 if context == "alone" else 1]:
+                    for name, t in _first_calls(context, cache).items():
+                        results[(context, state)].setdefault(name, []).append(t)
+    print(f"# first call, CPU seconds (median of {repeats} fresh processes): a cold cache "
+          "compiles, a warm one loads; 'after tape' runs in a process that compiled symgrad's "
+          "tape interpreter first (cold), as a model's first compile does")
+    print(f"{'':30s} {'alone cold':>11s} {'alone warm':>11s} {'after tape':>11s}")
+    names = [n for c in columns for n in results[c]]
+    for name in dict.fromkeys(names):
+        cells = [statistics.median(results[c][name]) if name in results[c] else None
+                 for c in columns]
+        print(f"{name:30s}" + "".join(f" {'':>11s}" if v is None else f" {v:11.3f}"
+                                      for v in cells))
+    for c in columns:
+        total = sum(statistics.median(v) for n, v in results[c].items() if "context" not in n)
+        print(f"# all four kernels, {c[0]}, {c[1]} cache: {total:.3f} s")
 
 
 def run_asm() -> None:

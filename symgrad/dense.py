@@ -46,6 +46,7 @@ from numba.extending import intrinsic
 
 __all__ = [
     "COLS", "ROWS", "WIDTH", "dense_forward", "dense_outer", "dense_outer_rows", "gather",
+    "outer_swapped",
 ]
 
 
@@ -256,6 +257,46 @@ def _outer_tile(typingctx: Any, G: Any, Bt: Any, work: Any, a_rows: Any, i0: Any
     return types.void(G, Bt, work, a_rows, i0, j0, e0, e1), codegen
 
 
+@intrinsic
+def _transpose_into(typingctx: Any, dest: Any, work: Any, rows: Any, e0: Any) -> Any:
+    """``dest[t, j] = work[rows[j], e0 + t]``: slots side by side, one example per row.
+
+    Four slots at a time, so that each example's four values are stored next to each other
+    (one strided store per value would cost a cache line each).
+    """
+    if not (_matrix(dest) and _matrix(work) and _vector(rows) and isinstance(e0, types.Integer)):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        d, wk, rw = (context.make_array(t)(context, builder, a)
+                     for t, a in zip(sig.args[:3], args[:3], strict=True))
+        (e0_,) = _int64s(context, builder, args[3:], sig.args[3:])
+        n_t, n = cgutils.unpack_tuple(builder, d.shape)
+        ld = cgutils.unpack_tuple(builder, wk.shape)[1]
+        four = lir.Constant(_I64, 4)
+
+        def source(j: Any) -> Any:  # &work[rows[j], e0]
+            slot = builder.load(builder.gep(rw.data, [j]))
+            return builder.gep(wk.data, [builder.add(builder.mul(slot, ld), e0_)])
+
+        def copy(j0: Any, width: int) -> None:  # slots j0 .. j0+width-1
+            srcs = [source(builder.add(j0, lir.Constant(_I64, q))) for q in range(width)]
+            with cgutils.for_range(builder, n_t) as loop:
+                row = builder.gep(d.data, [builder.add(builder.mul(loop.index, n), j0)])
+                for q in range(width):
+                    value = builder.load(builder.gep(srcs[q], [loop.index]))
+                    builder.store(value, builder.gep(row, [lir.Constant(_I64, q)]))
+
+        n4 = builder.sdiv(n, four)
+        with cgutils.for_range(builder, n4) as block:
+            copy(builder.mul(block.index, four), 4)
+        with cgutils.for_range(builder, n, start=builder.mul(n4, four)) as rest:
+            copy(rest.index, 1)
+        return context.get_dummy_value()
+
+    return types.void(dest, work, rows, e0), codegen
+
+
 _jit = numba.njit(nogil=True, cache=True, error_model="numpy")
 
 
@@ -315,17 +356,6 @@ def dense_forward(work: Any, out_rows: Any, x_rows: Any, W: Any, nb: int) -> Non
 
 
 @_jit
-def _transposed(work: Any, rows: Any, e0: int, e1: int) -> Any:
-    # (e1 - e0, len(rows)): row t is example e0 + t across the slots, contiguous
-    out = np.empty((e1 - e0, rows.shape[0]))
-    for j in range(rows.shape[0]):
-        r = rows[j]
-        for e in range(e0, e1):
-            out[e - e0, j] = work[r, e]
-    return out
-
-
-@_jit
 def dense_outer(G: Any, work: Any, a_rows: Any, b_rows: Any, e0: int, e1: int) -> None:
     """Add the products of two row lists into `G`, example by example, in example order.
 
@@ -335,8 +365,9 @@ def dense_outer(G: Any, work: Any, a_rows: Any, b_rows: Any, e0: int, e1: int) -
     reordering). A layer's weight gradients over a block (cotangents times inputs) are one
     call; a chunk's sum starts from ``G = 0.0`` and runs over the chunk's blocks in order.
 
-    The tile's lanes run along `j`, so the longer list should be `b_rows` (for a layer with
-    few inputs, pass the inputs as `a_rows` and accumulate the transposed gradient).
+    The tile's lanes run along `j` and `b_rows` is copied to a transposed scratch first, so the
+    two orientations of one gradient differ in speed (not in value: ``G.T`` from the lists
+    exchanged holds the same sums); `outer_swapped` says which to use.
 
     Args:
         G: ``(len(a_rows), len(b_rows))`` float64, updated in place; not a view of `work`.
@@ -353,7 +384,8 @@ def dense_outer(G: Any, work: Any, a_rows: Any, b_rows: Any, e0: int, e1: int) -
     _span(b_rows, work.shape[0])
     if n_i == 0 or n_j == 0 or e0 == e1:
         return
-    Bt = _transposed(work, b_rows, e0, e1)
+    Bt = np.empty((e1 - e0, n_j))
+    _transpose_into(Bt, work, b_rows, e0)
     for j0 in range(0, n_j, COLS):  # j outer: a tile's columns of Bt stay in L1 for every i
         for i0 in range(0, n_i, ROWS):
             _outer_tile(G, Bt, work, a_rows, i0, j0, e0, e1)
@@ -390,19 +422,16 @@ def dense_outer_rows(out: Any, row0: int, col0: int, di: int, dj: int, work: Any
     hi = col0 + max(0, (n_i - 1) * di) + max(0, (n_j - 1) * dj)
     if lo < 0 or hi >= out.shape[1]:
         raise ValueError("dense_outer_rows: a product's column is outside out")
-    Bt = _transposed(work, b_rows, 0, nb)
+    Bt = np.empty((nb, n_j))
+    _transpose_into(Bt, work, b_rows, 0)
     for e in range(nb):
         dest = out[row0 + e]
         b = Bt[e]
         for i in range(n_i):
             a = work[a_rows[i], e]
             c = col0 + i * di
-            if dj == 1:
-                for j in range(n_j):
-                    dest[c + j] = dest[c + j] + a * b[j]
-            else:
-                for j in range(n_j):
-                    dest[c + j * dj] = dest[c + j * dj] + a * b[j]
+            for j in range(n_j):  # LLVM versions this loop for dj == 1 and vectorises it
+                dest[c + j * dj] = dest[c + j * dj] + a * b[j]
 
 
 @_jit
@@ -423,3 +452,20 @@ def gather(src: Any, idx: Any, out: Any) -> None:
             if s < 0 or s >= n:
                 raise ValueError("gather: an index is outside src")
             out[o, k] = src[s]
+
+
+_STEP_COST = 10  # a tile step (ROWS x COLS products), in units of one value copied to scratch
+
+
+def outer_swapped(n_a: int, n_b: int) -> bool:
+    """Whether `dense_outer` should get the two lists exchanged (and accumulate ``G.T``).
+
+    A cost model of the kernel: tile steps (``ceil(n_i / ROWS) * ceil(n_j / COLS)`` per
+    example) plus the transposed copy of `b_rows` (``n_j`` values per example). For a layer of
+    64 outputs and 16 inputs it puts the 16 inputs second; for a single output, its cotangent
+    first. The results are the same bits either way.
+    """
+    def cost(n_i: int, n_j: int) -> int:
+        return _STEP_COST * (-(-n_i // ROWS)) * (-(-n_j // COLS)) + n_j
+
+    return cost(n_b, n_a) < cost(n_a, n_b)
