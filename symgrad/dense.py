@@ -28,7 +28,9 @@ Layout conventions (every array C-contiguous):
 
 All kernels are ``numba.njit(nogil=True, cache=True)``: callable from Python (from any thread)
 and from other jitted code such as a tape executor, compiled on first use for the argument
-types they meet. Bad shapes and out-of-range slots raise ValueError, checked once per call.
+types they meet (the tiles are LLVM intrinsics, so they need the JIT: not for
+``NUMBA_DISABLE_JIT``). Bad shapes and out-of-range slots raise ValueError, checked once per
+call.
 """
 
 from __future__ import annotations
@@ -117,10 +119,10 @@ def _store_tile_row(builder: Any, ptr: Any, masks: list[Any], acc: list[Any]) ->
                                    _ALIGN, m])
 
 
-Addr = Callable[..., Any]  # (step) -> vector row pointer, or (step, row) -> scalar pointer
+_Addr = Callable[..., Any]  # (step) -> vector row pointer, or (step, row) -> scalar pointer
 
 
-def _products(builder: Any, t: Any, vector_at: Addr, scalar_at: Addr,
+def _products(builder: Any, t: Any, vector_at: _Addr, scalar_at: _Addr,
               masks: list[Any]) -> list[list[Any]]:
     """Step `t`'s products: tile row r, vector v = scalar(t, r) * vector(t)[v], rounded."""
     xs = _load_tile_row(builder, vector_at(t), masks)
@@ -131,8 +133,8 @@ def _products(builder: Any, t: Any, vector_at: Addr, scalar_at: Addr,
     return out
 
 
-def _emit_tile(builder: Any, init: list[list[Any]], start: Any, stop: Any, vector_at: Addr,
-               scalar_at: Addr, masks: list[Any]) -> list[list[Any]]:
+def _emit_tile(builder: Any, init: list[list[Any]], start: Any, stop: Any, vector_at: _Addr,
+               scalar_at: _Addr, masks: list[Any]) -> list[list[Any]]:
     """``acc = init; for t in [start, stop): acc = acc + products(t)``; returns the final acc.
 
     The accumulators are loop phis, so they live in registers for the whole loop; each step's
@@ -176,8 +178,9 @@ def _tile_rows(builder: Any, first: Any, n_rows: Any) -> list[Any]:
     return out
 
 
-def _matrix(t: Any, dtype: Any = types.float64) -> bool:
-    return isinstance(t, types.Array) and t.ndim == 2 and t.layout == "C" and t.dtype == dtype
+def _matrix(t: Any) -> bool:
+    return (isinstance(t, types.Array) and t.ndim == 2 and t.layout == "C"
+            and t.dtype == types.float64)
 
 
 def _vector(t: Any) -> bool:
@@ -328,7 +331,10 @@ def dense_forward(work: Any, out_rows: Any, x_rows: Any, W: Any, nb: int) -> Non
     every product rounded, then added, left to right (no FMA, no reordering). A layer's
     forward pass is one call (``x_rows[0]`` a row of ones with ``W[:, 0]`` the biases, since
     ``b * 1.0`` is exactly ``b``, then the inputs with their weights); so are its input
-    gradients (the cotangent rows in the tape's order, with the transposed weights).
+    gradients (the cotangent rows in the tape's order, with the transposed weights). In a
+    tape's run of fused sums, the steps whose per-example rows are the same list form one
+    group; a term whose two factors are both uniform (the bias times the literal 1.0) takes
+    the literal's row as its x row and the other factor into `W`.
 
     Args:
         work: ``(n_slots, block)`` float64 workspace; only columns ``[0, nb)`` are touched.

@@ -125,7 +125,7 @@ def outer_rows_cases(draw):
     if draw(st.booleans()):  # a dense layer's weights: rows of n_j + 1 (the bias last)
         di, dj = n_j + 1, 1
     else:  # transposed, or overlapping, layouts
-        di, dj = draw(st.sampled_from([(1, n_i), (0, 1), (1, 1), (2, 3)]))
+        di, dj = draw(st.sampled_from([(1, n_i), (0, 1), (1, 1), (2, 3), (3, 0), (0, 0)]))
     col0 = draw(st.integers(0, 2))
     P = col0 + (n_i - 1) * di + (n_j - 1) * dj + 1 + draw(st.integers(0, 2))
     row0 = draw(st.integers(0, 2))
