@@ -1,4 +1,4 @@
-"""Microbenchmark: symgrad.dense kernels against BLAS and a naive Numba loop, on one core.
+"""Microbenchmark: symgrad.executors.dense kernels against BLAS and a naive Numba loop, on one core.
 
 Shapes are the dense layers of the benchmark models, MLP(16,[64,64,1]) and MLP(2,[16,16,1]),
 on blocks of examples:
@@ -54,7 +54,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from symgrad import dense  # noqa: E402
+from symgrad.executors import dense  # noqa: E402
 
 # ---- naive Numba loops: how the tape computes these today -------------------------------------
 
@@ -238,7 +238,7 @@ else:
     c0 = time.process_time()
     numba.njit(lambda a: a[0])(np.zeros(1))
     times["numba warm-up (context)"] = time.process_time() - c0
-from symgrad import dense
+from symgrad.executors import dense
 work = np.zeros((8, 32)); rows = np.arange(4); rows2 = np.arange(4, 8)
 calls = {
     "dense_forward": lambda: dense.dense_forward(work, rows2, rows, np.zeros((4, 4)), 32),

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .ir import Const, Func, Instr, Var, atom_text, instr_text, names
-from .layout import CHUNK_ROWS, MAX_CHUNKS, Kernel, Layout
+from .layout import ALIGN, CHUNK_ROWS, MAX_CHUNKS, Kernel, Layout
 from .ops import OPS, format_literal
 
 __all__ = ["batch_source", "instr_source", "kernel_source", "module_source"]
@@ -131,13 +131,22 @@ class _BatchLoops:
         ]
 
     @staticmethod
-    def _claim() -> list[str]:
+    def _rows(indent: str) -> list[str]:
+        """Chunk c's rows (`symgrad.layout.chunk_rows`)."""
+        return [
+            f"{indent}first = (c * n // n_chunks) // {ALIGN} * {ALIGN}",
+            f"{indent}last = n if c + 1 == n_chunks else ((c + 1) * n // n_chunks) // {ALIGN} "
+            f"* {ALIGN}",
+            f"{indent}for i in range(first, last):",
+        ]
+
+    def _claim(self) -> list[str]:
         return [
             "    while True:",
             "        c = fetch_add(counter)",
             "        if c >= n_chunks:",
             "            return",
-            "        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):",
+            *self._rows("        "),
         ]
 
     def rows(self) -> str:
@@ -162,7 +171,7 @@ class _BatchLoops:
             lines.append(f"    {a}_chunks = np.zeros(({dims}))")
         lines += [
             "    for c in range(n_chunks):",
-            "        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):",
+            *self._rows("        "),
             f"            {self.call('i', lambda a: f'{a}_chunks[c]')}",
             "    for c in range(n_chunks):  # in chunk order: deterministic",
         ]

@@ -116,6 +116,17 @@ class Program:
         stats["seconds"]["total"] = time.perf_counter() - t0
 
     @property
+    def ready(self) -> bool:
+        """Whether the compiled code is built. Big graphs' interpreter is built in the
+        background the first time (Numba compiles it for seconds, once per machine); until
+        then small calls run the same kernels as plain Python, with the same results."""
+        return self.executor.ready
+
+    def wait(self) -> None:
+        """Block until the compiled code is built (see `ready`); benchmarks call this first."""
+        self.executor.wait()
+
+    @property
     def wrt(self) -> tuple[Value, ...]:
         """The `wrt` leaves (the parameters), in parameter order."""
         return self._wrt

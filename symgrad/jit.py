@@ -124,12 +124,13 @@ def jit_compile(py: Callable[..., None], sig: str, parallel: bool, cached: bool,
     return fn  # type: ignore[no-any-return]
 
 
-def helper(py: Callable[..., Any], cached: bool) -> Callable[..., Any]:
-    """``numba.njit`` a function that other jitted functions call; compiled for the types it is
-    called with when its first caller is compiled (through Numba's disk cache when `cached`)."""
+def helper(py: Callable[..., Any], cached: bool, nogil: bool = False) -> Callable[..., Any]:
+    """``numba.njit`` a function, compiled for the types it is first called with (through
+    Numba's disk cache when `cached`); `nogil` releases the GIL while it runs."""
     import numba
 
-    return numba.njit(error_model="numpy", cache=cached)(py)  # type: ignore[no-any-return]
+    return numba.njit(  # type: ignore[no-any-return]
+        error_model="numpy", cache=cached, nogil=nogil)(py)
 
 
 def _before_threads() -> None:

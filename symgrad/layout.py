@@ -13,15 +13,20 @@ import numpy as np
 
 from .ir import Func
 
-__all__ = ["CHUNK_ROWS", "MAX_CHUNKS", "Kernel", "Layout", "chunk_rows", "n_chunks"]
+__all__ = [
+    "ALIGN", "CHUNK_ROWS", "MAX_CHUNKS", "Kernel", "Layout", "chunk_rows", "chunk_start",
+    "n_chunks",
+]
 
 # The order every exact executor sums a batch in (the exactness contract): the N rows are split
-# into n_chunks(N) chunks of consecutive rows (`chunk_rows`); each chunk adds its rows' results
+# into n_chunks(N) chunks of consecutive rows (`chunk_rows`: boundaries at multiples of ALIGN);
+# each chunk adds its rows' results
 # in row order, starting from 0.0, into a buffer of its own; the buffers are then added, in chunk
 # order, to the result array. It depends on N only: not on the executor, the lowering or the
 # number of threads (chunks are the unit of work a thread takes).
 CHUNK_ROWS = 32
 MAX_CHUNKS = 16
+ALIGN = 16  # chunks start at multiples of this row (whole tiles for blocked kernels)
 
 
 def n_chunks(n_rows: int) -> int:
@@ -30,9 +35,15 @@ def n_chunks(n_rows: int) -> int:
     return max(1, min(MAX_CHUNKS, n_rows // CHUNK_ROWS))
 
 
+def chunk_start(c: int, n_rows: int, chunks: int) -> int:
+    """The first row of chunk `c` of `chunks`: ``c * n_rows // chunks`` rounded down to a
+    multiple of `ALIGN` (`n_rows` for ``c == chunks``)."""
+    return n_rows if c >= chunks else (c * n_rows // chunks) // ALIGN * ALIGN
+
+
 def chunk_rows(c: int, n_rows: int, chunks: int) -> range:
-    """The rows of chunk `c` of `chunks`: ``c * n_rows // chunks`` up to the next chunk's first."""
-    return range(c * n_rows // chunks, (c + 1) * n_rows // chunks)
+    """The rows of chunk `c` of `chunks`."""
+    return range(chunk_start(c, n_rows, chunks), chunk_start(c + 1, n_rows, chunks))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""symgrad.dense: every kernel equals a naive sequential pure-Python sum, bit for bit.
+"""symgrad.executors.dense: every kernel equals a naive sequential pure-Python sum, bit for bit.
 
 The oracle below is the definition written as plainly as possible: Python floats (IEEE doubles,
 one rounding per operation, no FMA), one sum at a time, terms in order. Hypothesis draws shapes
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from symgrad import dense
+from symgrad.executors import dense
 
 # ---- the oracle ---------------------------------------------------------------------------
 

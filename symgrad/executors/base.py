@@ -53,6 +53,14 @@ class Executor(ABC):
     def prepare(self) -> None:  # noqa: B027 (an optional hook: most executors need nothing)
         """Do now what the first call would (e.g. JIT-compile), so compile time is paid here."""
 
+    @property
+    def ready(self) -> bool:
+        """Whether the compiled code is built (an executor may build it in the background)."""
+        return True
+
+    def wait(self) -> None:  # noqa: B027 (an optional hook: most executors build at once)
+        """Block until the compiled code is built."""
+
     @abstractmethod
     def call(self, kernel: str, arrays: Sequence[np.ndarray]) -> None:
         """Run `kernel` once: `arrays` are its argument arrays then its result arrays."""
@@ -87,12 +95,13 @@ class TapeExecutor(Executor):
             for k in kernels
         }
         self.source = "\n\n".join(f"# {n}\n{tp.describe()}" for n, tp in self.tapes.items())
+        self._simple = {k.name: _simple(k.layout) for k in kernels}
 
     @abstractmethod
-    def run_tape(self, tp: tape.Tape, params: np.ndarray, X: np.ndarray, n_out: int,
+    def run_tape(self, kernel: str, params: np.ndarray, X: np.ndarray, n_out: int,
                  values: np.ndarray, acc: np.ndarray, per_row: bool) -> None:
-        """Run `tp` over the rows of `X`: values ``(N, n_out)`` assigned; acc ``(1 or N, n_acc)``
-        added into (summed over the rows, or per row when `per_row`)."""
+        """Run `kernel`'s tape over the rows of `X`: values ``(N, n_out)`` assigned; acc
+        ``(1 or N, n_acc)`` added into (summed over the rows, or per row when `per_row`)."""
 
     def call(self, kernel: str, arrays: Sequence[np.ndarray]) -> None:
         """One row: the kernel's arrays, per-row arguments 1-D."""
@@ -105,6 +114,15 @@ class TapeExecutor(Executor):
     def _with_layout(self, kernel: str, mode: BatchMode | None,
                      arrays: Sequence[np.ndarray]) -> None:
         tp, layout = self.tapes[kernel], self.kernels[kernel].layout
+        if mode is not None and self._simple[kernel]:
+            # parameters, one per-row matrix, values, accumulated results: passed as they are
+            X, values = arrays[1], arrays[2]
+            n, n_out = X.shape[0], layout.n_assigned()
+            lead = n if mode == "rows" else 1
+            acc = arrays[3].reshape(lead, -1) if len(arrays) > 3 else np.zeros((lead, 0))
+            self.run_tape(kernel, arrays[0], X, n_out, values.reshape(n, n_out), acc,
+                          mode == "rows")
+            return
         params, X = _gather_arguments(layout, mode, arrays)
         n = X.shape[0]
         res_arrays = arrays[len(layout.args):]
@@ -119,9 +137,21 @@ class TapeExecutor(Executor):
         values = np.zeros((n, n_out)) if values is None else values
         acc = _direct(accumulated, (lead, len(tp.result_slots) - n_out))
         acc = np.zeros((lead, len(tp.result_slots) - n_out)) if acc is None else acc
-        self.run_tape(tp, params, X, n_out, values, acc, per_row)
+        self.run_tape(kernel, params, X, n_out, values, acc, per_row)
         _scatter(assigned, values, n, mode is not None)
         _scatter(accumulated, acc, lead, True, add=True)
+
+
+def _simple(layout: Layout) -> bool:
+    """Whether a kernel's arrays are exactly what a tape executor runs on: one uniform argument
+    array, then one per-row array, then one assigned result array and at most one accumulated
+    one (as `Compiled`'s kernels have), so that batches pass them without copies."""
+    args, res = layout.args, layout.results
+    return (
+        len(args) == 2 and args[0][0] not in layout.per_row and args[1][0] in layout.per_row
+        and 1 <= len(res) <= 2 and res[0][0] not in layout.accumulate
+        and all(r[0] in layout.accumulate for r in res[1:])
+    )
 
 
 def _gather_arguments(layout: Layout, mode: BatchMode | None,

@@ -1,148 +1,322 @@
-"""The tape interpreter: one Numba-compiled loop over a tape's runs, built once per op table.
+"""The tape executor: one Numba-compiled interpreter, built once, runs every model's tape.
 
-Imports `ops`, `jit`, `tape` and `executors.base`. Numba's compile time grows faster than
-linearly with the length of straight-line code, so big graphs are lowered to a `tape.Tape` and run
-by one generic interpreter instead: its static part is real code (`interpreter_static`); only
-``run_block``, one branch per op of the op table, is generated. The module is compiled once per
-process (and kept in Numba's disk cache), whatever the model.
+Imports `ops`, `jit`, `layout`, `tape`, `vecmath` and this package's `dense`, `tape_plan`,
+`threads` and `base`. Numba's compile time grows faster than linearly with the length of
+straight-line code, so big graphs are lowered to a `tape.Tape`, planned (`tape_plan`: dense
+layers become calls of the order-exact dense kernels, weight gradients outer products) and run by
+one generic interpreter: its static part is real code (`interpreter_static`), and only
+``run_elementwise``, one branch per op of the op table, is generated. Transcendental ops run the
+exact vectorised ports of `symgrad.vecmath` where they verify on this machine (checked with this
+very interpreter), libm elsewhere: the engine's numbers either way. The module is compiled once
+(and kept in Numba's disk cache), whatever the model.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import hashlib
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from .. import jit, tape
+from .. import jit, layout, tape
+from ..layout import Kernel
 from ..ops import OPS
-from .base import TapeExecutor
+from .base import BatchMode, Executor, TapeExecutor
+from .tape_plan import DENSE, BlockPlan, pack, plan
 
-__all__ = ["TapeInterpreter", "interpreter", "interpreter_source", "run_tape"]
+__all__ = ["TapeInterpreter", "interpreter_source", "run_tape"]
 
-BLOCK = 32  # examples per block: the innermost loops' length
+BLOCK = 64  # examples per block: a multiple of the dense kernels' tile and of layout.ALIGN
+PORTED = ("tanh", "exp", "log")  # the libm functions templates call that vecmath ports
+LIBM = {fn: f"{fn}_libm" for fn in PORTED}
+HERE = Path(__file__).parent
+# what the generated module's compiled code inlines from other files: their text is hashed into
+# the module's (so into its cache key), since Numba's cache notices changes to one file only
+_INLINED = (HERE / "interpreter_static.py", HERE / "dense.py", HERE / "threads.py")
 
 
-def _run_block_source() -> str:
-    """``run_block``: the runs of a block, one branch per op of the table, fused sums last."""
+def _ports() -> dict[str, str]:
+    """The vecmath function each transcendental template call becomes, e.g. ``tanh_fma``: the
+    port of the build glibc runs on a CPU like this one (verified before use, `_verify`)."""
+    import llvmlite.binding as llvm
+
+    try:
+        fma = bool(llvm.get_host_cpu_features().get("fma", False))
+    except RuntimeError:  # no feature list on this host
+        fma = False
+    variant = "fma" if fma else "nofma"
+    return {fn: f"{fn}_{variant}" for fn in PORTED}
+
+
+def _expression(op_name: str, ports: dict[str, str] | None) -> str:
+    """An op's template over ``work[a, e]``/``work[b, e]``, with libm calls swapped for ports."""
+    op = OPS[op_name]
+    expr = op.py.format(*["work[a, e]", "work[b, e]"][: op.arity], p="pk")
+    for fn, port in (ports or {}).items():
+        expr = expr.replace(f"np.{fn}(", f"{port}(")
+    return expr
+
+
+def _elementwise_source(ops: Sequence[str], ports: dict[str, str]) -> str:
+    """``run_elementwise``: a run of one op of `ops` over a block; a port's loop and libm's loop
+    for the ops whose template calls a ported function (``exact[op]`` picks one at run time).
+    libm is called through vecmath's ``*_libm``, which no vectoriser (Intel's SVML) may
+    replace."""
     lines = [
-        "def run_block(runs, out, a0, a1, p, ta, tb, tu, work, acc, nb):",
-        '    """The tape\'s runs over one block of examples (generated from the op table)."""',
-        "    for r in range(runs.shape[0]):",
-        "        op = runs[r, 0]",
-        "        lo = runs[r, 1]",
-        "        hi = runs[r, 2]",
+        "def run_elementwise(op, lo, hi, out, a0, a1, p, work, nb, exact):",
+        '    """A run of one op over one block (generated from the op table)."""',
     ]
-    for i, (name, code) in enumerate(tape.OPCODES.items()):
-        op = OPS[name]
-        expr = op.py.format(*["work[a, e]", "work[b, e]"][: op.arity], p="pk")
-        lines += [
-            f"        {'if' if i == 0 else 'elif'} op == {code}:  # {name}",
-            "            for k in range(lo, hi):",
-            "                o = out[k]",
-            "                a = a0[k]",
-            "                b = a1[k]",
-            "                pk = p[k]",
-            "                for e in range(nb):",
-            f"                    work[o, e] = {expr}",
+
+    def loop(indent: str, expr: str) -> list[str]:
+        return [
+            f"{indent}for k in range(lo, hi):",
+            f"{indent}    o, a, b, pk = out[k], a0[k], a1[k], p[k]",
+            f"{indent}    for e in range(nb):",
+            f"{indent}        work[o, e] = {expr}",
         ]
-    lines += [
-        f"        elif op == {tape.DOT}:  # fused sum of products, in the original order",
-        "            for k in range(lo, hi):",
-        "                run_dot(k, out, a0, a1, ta, tb, tu, work, acc, nb)",
-    ]
+
+    for i, name in enumerate(sorted(ops)):
+        code = tape.OPCODES[name]
+        lines.append(f"    {'if' if i == 0 else 'elif'} op == {code}:  # {name}")
+        plain, ported = _expression(name, LIBM), _expression(name, ports)
+        if ported == plain:
+            lines += loop("        ", plain)
+        else:
+            lines += ["        if exact[op]:", *loop("            ", ported), "        else:",
+                      *loop("            ", plain)]
     return "\n".join(lines) + "\n"
 
 
+def _imports(ops: Sequence[str], ports: dict[str, str]) -> set[str]:
+    """The vecmath functions the templates of `ops` call: ports and libm's."""
+    fns = {fn for name in ops for fn in PORTED if f"np.{fn}(" in OPS[name].py}
+    return {ports[fn] for fn in fns} | {LIBM[fn] for fn in fns}
+
+
 def interpreter_source() -> str:
-    """The interpreter module's source: the static part, then the generated ``run_block``."""
-    # read as text, not imported: it is only ever run as part of the generated module
-    static = (Path(__file__).parent / "interpreter_static.py").read_text(encoding="utf-8")
-    return (
-        "# generated by symgrad from the op table: the tape interpreter\n"
-        + static + "\n\n" + _run_block_source()
-    )
+    """The interpreter module's source: the static part, then the generated part."""
+    ops = sorted(tape.OPCODES)
+    ports = _ports()
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in _INLINED))
+    from .. import vecmath
+
+    head = [
+        "# generated by symgrad from the op table: the tape interpreter",
+        f"# inlined code: {digest.hexdigest()[:16]}, vecmath {vecmath.CACHE_TAG}",
+    ]
+    static = (HERE / "interpreter_static.py").read_text(encoding="utf-8")
+    tail = [
+        f"from symgrad.vecmath import {', '.join(sorted(_imports(ops, ports)))}",
+        "",
+        f"DOT_STEP = {tape.DOT}",
+        f"DENSE_STEP = {DENSE}",
+        f"CHUNK_ROWS = {layout.CHUNK_ROWS}",
+        f"MAX_CHUNKS = {layout.MAX_CHUNKS}",
+        f"ALIGN = {layout.ALIGN}",
+        "",
+        "",
+        _elementwise_source(ops, ports),
+    ]
+    return "\n".join(head) + "\n" + static + "\n\n" + "\n".join(tail)
 
 
-_lock = threading.Lock()
-_interpreters: dict[tuple[bool, bool], Callable[..., None]] = {}
-_namespaces: dict[bool, tuple[dict[str, Any], bool]] = {}
+class _Interpreter:
+    """The compiled interpreter (one per process, built on first use)."""
 
-_I1 = "int64[::1]"
-_SIG_BATCH = (
-    f"void(int64[:, ::1], {_I1}, {_I1}, {_I1}, float64[::1], {_I1}, {_I1}, {_I1}, {_I1}, "
-    f"{_I1}, float64[::1], {_I1}, {_I1}, int64, int64, int64, float64[::1], float64[:, ::1], "
-    "int64, float64[:, ::1], float64[:, ::1], boolean)"
-)
-# the helpers each batch function calls, in the order they must be built (callees first)
-_HELPERS = ("run_dot", "run_block", "add_results", "run_chunk", "add_chunks")
+    _lock = threading.Lock()
+    _build: ClassVar[Future[_Interpreter] | None] = None
+
+    def __init__(self) -> None:
+        ns, cached = jit.load(interpreter_source(), "tape_interpreter", True)
+        self.ns = ns
+        for name in ("run_elementwise", "run_dot", "run_block", "sum_results",
+                     "scatter_grids", "row_results", "setup"):
+            if not hasattr(ns[name], "py_func"):
+                ns[name] = jit.helper(ns[name], cached)
+        for name in ("run_sums", "run_rows", "add_in_order"):
+            if not hasattr(ns[name], "py_func"):
+                ns[name] = jit.helper(ns[name], cached, nogil=True)
+        self.exact = np.zeros(len(tape.OPCODES), np.int64)
+        self.verdicts: dict[str, str] = {}
+        for name, code in tape.OPCODES.items():
+            used = [fn for fn in PORTED if f"np.{fn}(" in OPS[name].py]
+            if used:
+                self.exact[code], self.verdicts[name] = self._verify(name, code, used)
+
+    def _verify(self, name: str, code: int, used: list[str]) -> tuple[int, str]:
+        """Whether op `name`'s ported loop gives the op table's rule's bits on vecmath's sample
+        of the functions it uses (nan matching any nan), run through this very interpreter."""
+        from .. import vecmath
+
+        xs = np.concatenate([vecmath.sample(fn) for fn in used])
+        impl = OPS[name].impl
+        want = np.array([impl(x) for x in xs.tolist()])
+        work = np.stack([xs, np.zeros_like(xs)])
+        idx = np.zeros(1, np.int64)
+        exact = np.zeros_like(self.exact)
+        exact[code] = 1
+        self.ns["run_elementwise"](code, 0, 1, idx + 1, idx, idx, np.zeros(1), work, len(xs),
+                                   exact)
+        bad = vecmath.mismatches(work[1], want)
+        if bad.size == 0:
+            return 1, "exact vectorised port"
+        j = int(bad[0])
+        return 0, (f"libm: the port differs on {bad.size} of {xs.size} inputs, first at "
+                   f"x={xs[j].hex()}")
+
+    @classmethod
+    def get(cls) -> _Interpreter:
+        """The interpreter, built now if need be."""
+        return cls.building().result()
+
+    @classmethod
+    def building(cls) -> Future[_Interpreter]:
+        """The interpreter: built, or being built on a thread of its own (a first-ever build
+        compiles for seconds; later ones load Numba's disk cache)."""
+        with cls._lock:
+            if cls._build is None:
+                cls._build = Future()
+                threading.Thread(target=cls._run_build, args=(cls._build,), daemon=True,
+                                 name="symgrad-compile").start()
+            return cls._build
+
+    @staticmethod
+    def _run_build(fut: Future[_Interpreter]) -> None:
+        try:
+            fut.set_result(_Interpreter())
+        except BaseException as e:  # raised where the interpreter is waited for
+            fut.set_exception(e)
+
+    @classmethod
+    def finish_build(cls) -> None:
+        """Wait for a build under way (at exit: so that what it compiled reaches the cache)."""
+        if cls._build is not None:
+            with contextlib.suppress(BaseException):
+                cls._build.result()
+
+    @classmethod
+    def forget_build(cls) -> None:
+        """In a forked child: the thread building the interpreter is the parent's, not ours."""
+        cls._lock = threading.Lock()
+        if cls._build is not None and not cls._build.done():
+            cls._build = None
+
+    def run(self, packed: tuple[np.ndarray, np.ndarray], pl: BlockPlan, params: np.ndarray,
+            X: np.ndarray, values: np.ndarray, acc: np.ndarray, per_row: bool,
+            threads: int) -> None:
+        """Run plan `pl` (`packed`) over the rows of `X` on `threads` threads."""
+        counter = np.zeros(1 if threads > 1 else 0, np.int64)
+        head = (counter, *packed, pl.p, pl.uniform_value, pl.n_slots, pl.n_rows, BLOCK)
+        if per_row:
+            fn, args = self.ns["run_rows"], (*head, params, X, values, acc, self.exact)
+            chunk_acc = None
+        else:
+            chunk_acc = np.zeros((layout.n_chunks(X.shape[0]), acc.shape[1]))
+            fn = self.ns["run_sums"]
+            args = (*head, len(pl.grid_cols), params, X, values, acc, chunk_acc, self.exact)
+        if threads <= 1:
+            fn(*args)
+            return
+        from .threads import run_on_threads
+
+        run_on_threads(fn, args, threads)
+        if chunk_acc is not None:
+            self.ns["add_in_order"](chunk_acc, acc)
 
 
-def interpreter(use_jit: bool = True, parallel: bool = False) -> Callable[..., None]:
-    """``run_batch`` (or, with `parallel` under Numba, ``run_batch_parallel``), built once.
-
-    Without `use_jit` the same module runs as plain Python with the op table's rules.
-    """
-    parallel = parallel and use_jit
-    with _lock:
-        fn = _interpreters.get((use_jit, parallel))
-        if fn is None:
-            if use_jit not in _namespaces:
-                _namespaces[use_jit] = jit.load(interpreter_source(), "tape_interpreter",
-                                                use_jit)
-            ns, cached = _namespaces[use_jit]
-            name = "run_batch_parallel" if parallel else "run_batch"
-            fn = _jit_interpreter(ns, cached, name) if use_jit else ns[name]
-            _interpreters[(use_jit, parallel)] = fn
-    return fn
-
-
-def _jit_interpreter(ns: dict[str, Any], cached: bool, name: str) -> Callable[..., None]:
-    f = ns.get("__file__")
-    # the big serial functions are compiled on their own, so the parallel one stays small
-    for helper in _HELPERS:
-        if not hasattr(ns[helper], "py_func"):
-            ns[helper] = jit.helper(ns[helper], cached)
-    return jit.jit_compile(ns[name], _SIG_BATCH, name.endswith("_parallel"), cached, f)
-
-
-def run_tape(tp: tape.Tape, use_jit: bool, params: np.ndarray, X: np.ndarray, n_out: int,
-             values: np.ndarray, acc: np.ndarray, per_row: bool, parallel: bool = False,
-             n_chunks: int = 16) -> None:
-    """Run `tp` over the rows of `X` with the interpreter (see `TapeExecutor.run_tape`)."""
-    n = X.shape[0]
-    fn = interpreter(use_jit, parallel)
-    n_chunks = max(1, min(n_chunks, (n + BLOCK - 1) // BLOCK))
-    fn(tp.runs, tp.out, tp.a0, tp.a1, tp.p, tp.ta, tp.tb, tp.tu,
-       tp.arg_slots, tp.const_slots, tp.const_values, tp.result_slots, tp.result_b,
-       tp.n_slots, BLOCK, n_chunks, params, X, n_out, values, acc, per_row)
+atexit.register(_Interpreter.finish_build)
+os.register_at_fork(after_in_child=_Interpreter.forget_build)
 
 
 class TapeInterpreter(TapeExecutor):
-    """The tape run by the Numba interpreter over blocks of `BLOCK` examples.
+    """The tape run by the compiled interpreter over blocks of `BLOCK` examples.
 
-    Batches are split into at most `N_CHUNKS` chunks of whole blocks, summed in chunk order;
-    batches of `PARALLEL_ROWS` rows or more run the chunks on all cores. The threaded build
-    gains from a few dozen rows, but Numba takes seconds to compile it (once, then it is
-    disk-cached), so small batches keep the serial build.
+    Batches are summed in the chunks of `symgrad.layout`; a batch of at least `THREAD_WORK`
+    instruction-rows runs its chunks on all of Numba's threads (`threads.run_on_threads`).
+    The interpreter is built on a thread of its own; until it is ready, calls and batches of
+    at most `FALLBACK_WORK` instruction-rows run the same kernels as plain-Python line code
+    (`lines.PythonLines`), which gives the same bits (one summation order for every
+    lowering), and larger ones wait for it.
     """
 
     name = "tape"
-    N_CHUNKS: ClassVar[int] = 16
-    PARALLEL_ROWS: ClassVar[int] = 512
+    THREAD_WORK: ClassVar[int] = 100_000
+    FALLBACK_WORK: ClassVar[int] = 300_000
 
-    def __init__(self, kernels: Any, title: str, header: str) -> None:
+    def __init__(self, kernels: Sequence[Kernel], title: str, header: str) -> None:
         super().__init__(kernels, title, header)
+        self.plans: dict[str, BlockPlan] = {}
+        for k in kernels:
+            pl = plan(self.tapes[k.name], k.layout.n_uniform(), k.layout.n_assigned())
+            self.plans[k.name] = pl
+            self.source = self.source.replace(f"# {k.name}\n", f"# {k.name}\n{pl.describe()}\n", 1)
         self.source += "\n\n" + interpreter_source()
+        self._packed = {name: pack(pl) for name, pl in self.plans.items()}
+        self._build = _Interpreter.building()
+        self._fallback: Executor | None = None
 
     def prepare(self) -> None:
-        """Build the serial interpreter (once per process)."""
-        interpreter(True)
+        """Start building the interpreter (once per process and set of ops); see the class."""
 
-    def run_tape(self, tp: tape.Tape, params: np.ndarray, X: np.ndarray, n_out: int,
+    @property
+    def ready(self) -> bool:
+        """Whether the compiled interpreter is built (else small calls run as plain Python)."""
+        return self._build.done()
+
+    def wait(self) -> None:
+        """Block until the compiled interpreter is built (re-raising what its build raised)."""
+        self._build.result()
+
+    def call(self, kernel: str, arrays: Sequence[np.ndarray]) -> None:
+        """One row (as plain Python while the interpreter is being built)."""
+        if not self._build.done() and len(self.tapes[kernel].out) <= self.FALLBACK_WORK:
+            self._python().call(kernel, arrays)
+            return
+        super().call(kernel, arrays)
+
+    def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode) -> None:
+        """Rows of the per-row arguments (small batches as plain Python while the interpreter
+        is being built)."""
+        if not self._build.done():
+            n = arrays[self.kernels[kernel].layout.first_per_row()].shape[0]
+            if n * len(self.tapes[kernel].out) <= self.FALLBACK_WORK:
+                self._python().batch(kernel, arrays, mode)
+                return
+        super().batch(kernel, arrays, mode)
+
+    def _python(self) -> Executor:
+        if self._fallback is None:
+            from .lines import PythonLines
+
+            self._fallback = PythonLines(list(self.kernels.values()), self.title, self.header)
+        return self._fallback
+
+    def run_tape(self, kernel: str, params: np.ndarray, X: np.ndarray, n_out: int,
                  values: np.ndarray, acc: np.ndarray, per_row: bool) -> None:
         """See `TapeExecutor.run_tape`."""
-        run_tape(tp, True, params, X, n_out, values, acc, per_row,
-                 X.shape[0] >= self.PARALLEL_ROWS, self.N_CHUNKS)
+        pl = self.plans[kernel]
+        threads = self._threads(X.shape[0], len(pl.tape.out))
+        self._build.result().run(self._packed[kernel], pl, params, X, values, acc, per_row,
+                                 threads)
+
+    def _threads(self, n_rows: int, length: int) -> int:
+        if n_rows * length < self.THREAD_WORK or layout.n_chunks(n_rows) < 2:
+            return 1
+        from .threads import n_threads
+
+        return min(n_threads(), layout.n_chunks(n_rows))
+
+
+def run_tape(tp: tape.Tape, params: np.ndarray, X: np.ndarray, n_out: int,
+             values: np.ndarray, acc: np.ndarray, per_row: bool = False) -> None:
+    """Plan `tp` (its first ``len(params)`` arguments uniform) and run it over the rows of `X`
+    on this thread: values ``(N, n_out)``; acc ``(1 or N, n_acc)`` added into."""
+    pl = plan(tp, len(params), n_out)
+    _Interpreter.get().run(pack(pl), pl, params, X, values, acc, per_row, 1)

@@ -1,39 +1,53 @@
-"""The tape interpreter's static part: chunks of rows, blocks of examples, fused sums, results.
+"""The tape interpreter's static part: chunks, blocks, dense groups, fused sums, results.
 
-This file is real code read as text: `interpreter.interpreter_source` appends ``run_block``,
-generated from the op table (one branch per op), and the whole module is compiled by Numba (or
-run by Python) as one generated module. Nothing imports this file to run it.
+This file is real code read as text: `interpreter.interpreter_source` appends ``run_elementwise``
+(generated from the op table: one branch per op) and the whole text is compiled by Numba as one
+generated module. Nothing imports this file to run it.
 
-Layout: a block of up to ``block`` examples lives in ``work[slot, example]`` (structure of
-arrays), so the innermost loops run over examples and vectorise. Arguments: the tape's arrays
-(see `symgrad.tape.Tape`), ``params`` (the uniform arguments), ``X`` (one example a row),
-``values (N, n_out)`` and ``acc`` (``(1, n_acc)`` summed over the rows, or ``(N, n_acc)`` per
-row).
+A plan (`tape_plan.BlockPlan`) arrives packed: its integer arrays one after the other in
+``ints``, field ``F_X`` at ``ints[fields[F_X, 0]:][:fields[F_X, 1]]`` (`field`), in the order
+of `tape_plan.PLAN_FIELDS`; few arguments keep Numba's compile time down. A block of up to
+``block`` examples lives in ``work[row, example]`` (structure of arrays), so the innermost
+loops run over examples and vectorise. Batch sums follow `symgrad.layout`: chunk ``c`` holds
+rows ``chunk_start(c)`` to ``chunk_start(c + 1)``, adds them in row order into its own buffer
+``chunk_acc[c]``, and the buffers are added in chunk order (`add_in_order`).
 """
 
 import numpy as np
-from numba import prange
+from numba.extending import register_jitable
+
+from symgrad.executors.dense import dense_forward, dense_outer, dense_outer_rows
+from symgrad.executors.threads import fetch_add
+
+# the plan's integer arrays, in the order of tape_plan.PLAN_FIELDS (a test checks)
+(F_STEPS, F_DOT_STEPS, F_OUT, F_A0, F_A1, F_TA, F_TB, F_DENSE, F_DENSE_OUT, F_DENSE_X,
+ F_DENSE_W, F_UNIFORM_SLOTS, F_UNIFORM_PARAM, F_ROWS_SLOTS, F_ROWS_ROWS, F_X_SLOTS,
+ F_VALUE_SLOTS, F_GRIDS, F_GRID_A, F_GRID_B, F_GRID_COLS, F_GRID_STRIDES, F_REST_COLS,
+ F_REST_A, F_REST_B) = range(25)
+DOT_STEP = -1  # replaced by the generated module: the tape's opcode of a fused sum
+DENSE_STEP = -2  # ... and of a dense group
+CHUNK_ROWS = -3  # ... and the chunking of `symgrad.layout`
+MAX_CHUNKS = -4
+ALIGN = -5
 
 
-def run_block(runs, out, a0, a1, p, ta, tb, tu, work, acc, nb):
+def run_elementwise(op, lo, hi, out, a0, a1, p, work, nb, exact):
     """Placeholder: the generated module defines the real one after this file's text."""
     raise NotImplementedError
 
 
-def run_dot(k, out, a0, a1, ta, tb, tu, work, acc, nb):
+@register_jitable(inline="always")
+def field(ints, fields, f):
+    """Plan field `f`, a view of ``ints`` (inlined where it is used: one compile)."""
+    return ints[fields[f, 0]:fields[f, 0] + fields[f, 1]]
+
+
+def run_dot(k, out, a0, a1, ta, tb, work, acc, nb):
     """Fused sum of products `k`, its terms in the original order: bit for bit the unfused."""
     for t in range(a0[k], a1[k]):
         a = ta[t]
         b = tb[t]
-        if tu[t]:  # the same for every example: read it once
-            s = work[b, 0]
-            if t == a0[k]:
-                for e in range(nb):
-                    acc[e] = work[a, e] * s
-            else:
-                for e in range(nb):
-                    acc[e] = acc[e] + work[a, e] * s
-        elif t == a0[k]:
+        if t == a0[k]:
             for e in range(nb):
                 acc[e] = work[a, e] * work[b, e]
         else:
@@ -44,93 +58,158 @@ def run_dot(k, out, a0, a1, ta, tb, tu, work, acc, nb):
         work[o, e] = acc[e]
 
 
-def add_results(start, nb, n_out, result_slots, result_b, work, acc, lanes, per_row):
-    """Add a block's accumulated results: per row into ``acc``, else into per-lane sums.
-
-    One partial sum per lane (example slot of a block), summed once per chunk: the lanes are
-    independent, so the loop vectorises (a running scalar sum cannot).
-    """
-    for k in range(result_slots.shape[0] - n_out):
-        s = result_slots[n_out + k]
-        s2 = result_b[n_out + k]  # >= 0: the result is work[s] * work[s2]
-        if per_row:
-            if s2 < 0:
-                for e in range(nb):
-                    acc[start + e, k] += work[s, e]
-            else:
-                for e in range(nb):
-                    acc[start + e, k] += work[s, e] * work[s2, e]
-        elif s2 < 0:
-            for e in range(nb):
-                lanes[k, e] += work[s, e]
+def sum_results(ints, fields, work, G, sums, nb):
+    """Add a block's accumulated results, example by example, to the chunk's sums ``sums``:
+    a grid's products into its consecutive columns of `sums` or, when they are not, into
+    ``G``; the other results one by one."""
+    grids = field(ints, fields, F_GRIDS).reshape((-1, 6))
+    grid_a, grid_b = field(ints, fields, F_GRID_A), field(ints, fields, F_GRID_B)
+    for g in range(grids.shape[0]):
+        a0_, n_a, b0, n_b, g0, direct = grids[g, 0], grids[g, 1], grids[g, 2], grids[g, 3], \
+            grids[g, 4], grids[g, 5]
+        if direct >= 0:
+            block = sums[direct:direct + n_a * n_b].reshape((n_a, n_b))
         else:
-            for e in range(nb):
-                lanes[k, e] += work[s, e] * work[s2, e]
+            block = G[g0:g0 + n_a * n_b].reshape((n_a, n_b))
+        dense_outer(block, work, grid_a[a0_:a0_ + n_a], grid_b[b0:b0 + n_b], 0, nb)
+    cols, ra = field(ints, fields, F_REST_COLS), field(ints, fields, F_REST_A)
+    rb = field(ints, fields, F_REST_B)
+    for e in range(nb):
+        for q in range(cols.shape[0]):
+            sums[cols[q]] += work[ra[q], e] * work[rb[q], e]
 
 
-def run_chunk(c, chunk_acc, tape_runs, out, a0, a1, p, ta, tb, tu,
-              arg_slots, const_slots, const_values, result_slots, result_b,
-              n_slots, block, n_chunks, params, X, n_out, values, acc, per_row):
-    """Chunk `c` of the rows' blocks; its summed results go to ``chunk_acc[c]``."""
+def scatter_grids(ints, fields, G, sums):
+    """The sums of the grids not summed in place into their columns (each started at 0.0, as
+    the column did)."""
+    grids = field(ints, fields, F_GRIDS).reshape((-1, 6))
+    grid_cols = field(ints, fields, F_GRID_COLS)
+    for g in range(grids.shape[0]):
+        if grids[g, 5] < 0:
+            for i in range(grids[g, 4], grids[g, 4] + grids[g, 1] * grids[g, 3]):
+                if grid_cols[i] >= 0:
+                    sums[grid_cols[i]] = G[i]
+
+
+def row_results(ints, fields, work, acc, start, nb):
+    """A block's accumulated results per row: ``acc[row, col] += product``."""
+    grids = field(ints, fields, F_GRIDS).reshape((-1, 6))
+    strides = field(ints, fields, F_GRID_STRIDES).reshape((-1, 3))
+    grid_a, grid_b = field(ints, fields, F_GRID_A), field(ints, fields, F_GRID_B)
+    grid_cols = field(ints, fields, F_GRID_COLS)
+    for g in range(grids.shape[0]):
+        a0_, n_a, b0, n_b, g0 = grids[g, 0], grids[g, 1], grids[g, 2], grids[g, 3], grids[g, 4]
+        if strides[g, 0] >= 0:
+            dense_outer_rows(acc, start, strides[g, 0], strides[g, 1], strides[g, 2], work,
+                             grid_a[a0_:a0_ + n_a], grid_b[b0:b0 + n_b], nb)
+            continue
+        for e in range(nb):
+            for i in range(n_a):
+                for j in range(n_b):
+                    col = grid_cols[g0 + i * n_b + j]
+                    if col >= 0:
+                        acc[start + e, col] += work[grid_a[a0_ + i], e] * work[grid_b[b0 + j], e]
+    cols, ra = field(ints, fields, F_REST_COLS), field(ints, fields, F_REST_A)
+    rb = field(ints, fields, F_REST_B)
+    for e in range(nb):
+        for q in range(cols.shape[0]):
+            acc[start + e, cols[q]] += work[ra[q], e] * work[rb[q], e]
+
+
+def run_block(ints, fields, p, W, X, values, work, dot_acc, start, nb, exact):
+    """One block of examples: arguments in, every step of the plan, values out."""
+    x_slots, value_slots = field(ints, fields, F_X_SLOTS), field(ints, fields, F_VALUE_SLOTS)
+    for j in range(x_slots.shape[0]):
+        for e in range(nb):
+            work[x_slots[j], e] = X[start + e, j]
+    steps = field(ints, fields, F_STEPS).reshape((-1, 3))
+    out, a0, a1 = field(ints, fields, F_OUT), field(ints, fields, F_A0), field(ints, fields, F_A1)
+    dense = field(ints, fields, F_DENSE).reshape((-1, 5))
+    dense_out, dense_x = field(ints, fields, F_DENSE_OUT), field(ints, fields, F_DENSE_X)
+    dot_steps, ta, tb = field(ints, fields, F_DOT_STEPS), field(ints, fields, F_TA), \
+        field(ints, fields, F_TB)
+    for i in range(steps.shape[0]):
+        op, lo, hi = steps[i, 0], steps[i, 1], steps[i, 2]
+        if op == DENSE_STEP:
+            o0, n_out, x0, K, w0 = dense[lo, 0], dense[lo, 1], dense[lo, 2], dense[lo, 3], \
+                dense[lo, 4]
+            dense_forward(work, dense_out[o0:o0 + n_out], dense_x[x0:x0 + K],
+                          W[w0:w0 + n_out * K].reshape((n_out, K)), nb)
+        elif op == DOT_STEP:
+            for q in range(lo, hi):
+                run_dot(dot_steps[q], out, a0, a1, ta, tb, work, dot_acc, nb)
+        else:
+            run_elementwise(op, lo, hi, out, a0, a1, p, work, nb, exact)
+    for k in range(value_slots.shape[0]):
+        for e in range(nb):
+            values[start + e, k] = work[value_slots[k], e]
+
+
+def setup(ints, fields, uniform_value, n_slots, params, n_rows, block):
+    """A thread's start: the dense groups' factors ``W`` (group g's matrix at its ``w_off``,
+    row-major) and its workspace with the uniform rows filled, from this call's uniform values
+    (by slot: parameters and literals)."""
+    slots, param = field(ints, fields, F_UNIFORM_SLOTS), field(ints, fields, F_UNIFORM_PARAM)
+    u = np.zeros(n_slots)
+    for i in range(slots.shape[0]):
+        u[slots[i]] = params[param[i]] if param[i] >= 0 else uniform_value[i]
+    dense_w = field(ints, fields, F_DENSE_W)
+    W = np.empty(dense_w.shape[0])
+    for i in range(dense_w.shape[0]):
+        W[i] = u[dense_w[i]]
+    work = np.empty((n_rows, block))
+    rows_slots, rows_rows = field(ints, fields, F_ROWS_SLOTS), field(ints, fields, F_ROWS_ROWS)
+    for i in range(rows_slots.shape[0]):
+        work[rows_rows[i], :] = u[rows_slots[i]]
+    return W, work
+
+
+def add_in_order(chunk_acc, acc):
+    """The chunks' sums added, in chunk order, to the result: ``acc += chunk_acc[c]``."""
+    for c in range(chunk_acc.shape[0]):
+        for k in range(chunk_acc.shape[1]):
+            acc[0, k] += chunk_acc[c, k]
+
+
+def run_sums(counter, ints, fields, p, uniform_value, n_slots, n_rows, block, n_grid, params,
+             X, values, acc, chunk_acc, exact):
+    """A batch, accumulated results summed: the chunks claimed from `counter` (several threads
+    share a batch so; the caller then adds the chunks' sums), or every chunk in order and their
+    sums into ``acc`` when `counter` is empty."""
     n = X.shape[0]
-    n_blocks = (n + block - 1) // block
-    work = np.empty((n_slots, block))
+    n_chunks = max(1, min(MAX_CHUNKS, n // CHUNK_ROWS))  # symgrad.layout.n_chunks
+    W, work = setup(ints, fields, uniform_value, n_slots, params, n_rows, block)
+    dot_acc, G = np.empty(block), np.zeros(n_grid)
+    c = fetch_add(counter) if counter.shape[0] > 0 else 0
+    while c < n_chunks:
+        # symgrad.layout.chunk_rows
+        first = (c * n // n_chunks) // ALIGN * ALIGN
+        last = n if c + 1 == n_chunks else ((c + 1) * n // n_chunks) // ALIGN * ALIGN
+        G[:] = 0.0
+        for start in range(first, last, block):
+            nb = min(block, last - start)
+            run_block(ints, fields, p, W, X, values, work, dot_acc, start, nb, exact)
+            sum_results(ints, fields, work, G, chunk_acc[c], nb)
+        scatter_grids(ints, fields, G, chunk_acc[c])
+        c = fetch_add(counter) if counter.shape[0] > 0 else c + 1
+    if counter.shape[0] == 0:
+        add_in_order(chunk_acc, acc)
+
+
+def run_rows(counter, ints, fields, p, uniform_value, n_slots, n_rows, block, params, X,
+             values, acc, exact):
+    """A batch, accumulated results per row (``acc`` has a row per example), chunk by chunk
+    as `run_sums` takes them."""
+    n = X.shape[0]
+    n_chunks = max(1, min(MAX_CHUNKS, n // CHUNK_ROWS))
+    W, work = setup(ints, fields, uniform_value, n_slots, params, n_rows, block)
     dot_acc = np.empty(block)
-    n_acc = result_slots.shape[0] - n_out
-    lanes = np.zeros((0 if per_row else n_acc, block))
-    for s in range(const_slots.shape[0]):
-        work[const_slots[s], :] = const_values[s]
-    for j in range(params.shape[0]):
-        work[arg_slots[j], :] = params[j]
-    for bi in range(c * n_blocks // n_chunks, (c + 1) * n_blocks // n_chunks):
-        start = bi * block
-        nb = min(block, n - start)
-        for j in range(X.shape[1]):
-            s = arg_slots[params.shape[0] + j]
-            for e in range(nb):
-                work[s, e] = X[start + e, j]
-        run_block(tape_runs, out, a0, a1, p, ta, tb, tu, work, dot_acc, nb)
-        for k in range(n_out):
-            s = result_slots[k]
-            for e in range(nb):
-                values[start + e, k] = work[s, e]
-        add_results(start, nb, n_out, result_slots, result_b, work, acc, lanes, per_row)
-    if not per_row:
-        for k in range(n_acc):
-            t = 0.0
-            for e in range(block):
-                t += lanes[k, e]
-            chunk_acc[c, k] = t
-
-
-def add_chunks(chunk_acc, acc, per_row):
-    """The chunks' sums added in chunk order: the result does not depend on the threads."""
-    if not per_row:
-        for c in range(chunk_acc.shape[0]):
-            for k in range(chunk_acc.shape[1]):
-                acc[0, k] += chunk_acc[c, k]
-
-
-def run_batch(tape_runs, out, a0, a1, p, ta, tb, tu,
-              arg_slots, const_slots, const_values, result_slots, result_b,
-              n_slots, block, n_chunks, params, X, n_out, values, acc, per_row):
-    """Every chunk, one after the other."""
-    chunk_acc = np.zeros((n_chunks, result_slots.shape[0] - n_out))
-    for c in range(n_chunks):
-        run_chunk(c, chunk_acc, tape_runs, out, a0, a1, p, ta, tb, tu,
-                  arg_slots, const_slots, const_values, result_slots, result_b,
-                  n_slots, block, n_chunks, params, X, n_out, values, acc, per_row)
-    add_chunks(chunk_acc, acc, per_row)
-
-
-def run_batch_parallel(tape_runs, out, a0, a1, p, ta, tb, tu,
-                       arg_slots, const_slots, const_values, result_slots, result_b,
-                       n_slots, block, n_chunks, params, X, n_out, values, acc, per_row):
-    """The chunks on all cores (a function of its own: Numba's disk cache does not tell a
-    parallel build of `run_batch` from the serial one)."""
-    chunk_acc = np.zeros((n_chunks, result_slots.shape[0] - n_out))
-    for c in prange(n_chunks):
-        run_chunk(c, chunk_acc, tape_runs, out, a0, a1, p, ta, tb, tu,
-                  arg_slots, const_slots, const_values, result_slots, result_b,
-                  n_slots, block, n_chunks, params, X, n_out, values, acc, per_row)
-    add_chunks(chunk_acc, acc, per_row)
+    c = fetch_add(counter) if counter.shape[0] > 0 else 0
+    while c < n_chunks:
+        first = (c * n // n_chunks) // ALIGN * ALIGN
+        last = n if c + 1 == n_chunks else ((c + 1) * n // n_chunks) // ALIGN * ALIGN
+        for start in range(first, last, block):
+            nb = min(block, last - start)
+            run_block(ints, fields, p, W, X, values, work, dot_acc, start, nb, exact)
+            row_results(ints, fields, work, acc, start, nb)
+        c = fetch_add(counter) if counter.shape[0] > 0 else c + 1

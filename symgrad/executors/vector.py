@@ -946,7 +946,7 @@ class VectorPlan(TapeExecutor):
                  for k in self.kernels.values()]
         self.source += "\n\n" + "\n\n".join(pl.describe() for pl in plans)
 
-    def run_tape(self, tp: Tape, params: np.ndarray, X: np.ndarray, n_out: int,
+    def run_tape(self, kernel: str, params: np.ndarray, X: np.ndarray, n_out: int,
                  values: np.ndarray, acc: np.ndarray, per_row: bool) -> None:
         """See `TapeExecutor.run_tape`."""
-        run(tp, params, X, n_out, values, acc, per_row)
+        run(self.tapes[kernel], params, X, n_out, values, acc, per_row)

@@ -1,0 +1,204 @@
+"""The tape executor (dense groups, gradient grids, chunks on threads) gives the line code's bits.
+
+Oracle: the plain-Python line kernels (``backend="python"``), which compute with the op table's
+own rules, the interpreted engine's numbers, and sum a batch in the same chunks and order
+(`symgrad.layout`): every value and gradient, summed or per row, must be bit for bit the same.
+The models are layered networks drawn at random (widths, activations, frozen and shared
+weights, several outputs), so that dense groups and grids of every shape, and the steps that
+fit neither, all run.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import symgrad as sg
+from symgrad import layout
+from symgrad.executors import interpreter, tape_plan
+
+ACTIVATIONS = ("tanh", "relu", "sigmoid", "linear", "exp")
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    """The float64 bits, every nan made the same (a nan's sign and payload aside)."""
+    a = np.where(np.isnan(a), np.nan, a)
+    return np.ascontiguousarray(a, np.float64).view(np.int64)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(_bits(a), _bits(b))
+
+
+@st.composite
+def layered(draw: st.DrawFn) -> tuple[list[sg.Value], list[sg.Value], list[sg.Value]]:
+    """A random layered network: (weights to differentiate by, inputs, outputs)."""
+    n_in = draw(st.integers(1, 4))
+    widths = draw(st.lists(st.integers(1, 7), min_size=1, max_size=3))
+    vals = st.floats(-1.5, 1.5, allow_nan=False, allow_infinity=False)
+    x = [sg.Value(0.0, label=f"x{i}") for i in range(n_in)]
+    wrt: list[sg.Value] = []
+    h: list[sg.Value] = list(x)
+    for li, width in enumerate(widths):
+        act = draw(st.sampled_from(ACTIVATIONS))
+        shared = draw(st.booleans()) and li > 0  # one weight reused by every neuron
+        w_shared = sg.Value(draw(vals), label=f"s{li}")
+        nxt = []
+        for j in range(width):
+            b = sg.Value(draw(vals), label=f"b{li}_{j}")
+            s = b
+            for i, hi in enumerate(h):
+                w = w_shared if shared and i == 0 else sg.Value(draw(vals), label=f"w{li}_{j}_{i}")
+                s = s + w * hi
+                if w is not w_shared and draw(st.integers(0, 5)) > 0:
+                    wrt.append(w)  # the others are frozen: literals in the IR
+            wrt.append(b)
+            nxt.append(s if act == "linear" else getattr(s, act)())
+        if shared:
+            wrt.append(w_shared)
+        h = nxt
+    y = sg.Value(0.0, label="y")
+    outs = [(h[0] - y) ** 2]
+    if len(h) > 1 and draw(st.booleans()):
+        outs.append(h[-1] * h[0])
+    return list(dict.fromkeys(wrt)), [*x, y], outs
+
+
+def _pair(wrt, inputs, outs):
+    tp = sg.compile(outs, wrt=wrt, inputs=inputs, backend="tape")
+    py = sg.compile(outs, wrt=wrt, inputs=inputs, backend="python")
+    return tp, py
+
+
+@settings(max_examples=40)
+@given(layered(), st.sampled_from([1, 15, 16, 17, 33, 64, 100, 257]), st.integers(0, 2**32 - 1))
+def test_random_layered_models_equal_the_line_code(model, n, seed):
+    wrt, inputs, outs = model
+    tp, py = _pair(wrt, inputs, outs)
+    X = np.random.default_rng(seed).normal(size=(n, len(inputs)))
+    p = tp.current_params()
+    for reduce in ("sum", "mean", "none"):
+        v1, g1 = tp.batch(p, X, reduce=reduce)
+        v2, g2 = py.batch(p, X, reduce=reduce)
+        assert _same(v1, v2) and _same(g1, g2), reduce
+    assert _same(tp.batch_forward(p, X), py.batch_forward(p, X))
+    v1, g1 = tp(p, X[0])
+    v2, g2 = py(p, X[0])
+    assert _same(np.asarray(v1), np.asarray(v2)) and _same(g1, g2)
+
+
+@settings(max_examples=10)
+@given(layered())
+def test_special_values_land_where_the_line_code_puts_them(model):
+    wrt, inputs, outs = model
+    tp, py = _pair(wrt, inputs, outs)
+    specials = [0.0, -0.0, math.inf, -math.inf, math.nan, 1e308, -1e308, 5e-324, 710.0]
+    rng = np.random.default_rng(5)
+    X = rng.choice([*specials, 0.3, -1.2], size=(90, len(inputs)))
+    p = tp.current_params()
+    with np.errstate(all="ignore"):
+        for reduce in ("sum", "none"):
+            v1, g1 = tp.batch(p, X, reduce=reduce)
+            v2, g2 = py.batch(p, X, reduce=reduce)
+            assert _same(v1, v2) and _same(g1, g2)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    import random
+
+    from symgrad.nn import MLP
+
+    random.seed(4)
+    model = MLP(5, [12, 12, 1])
+    x = [sg.Value(0.0, label=f"x{i}") for i in range(5)]
+    y = sg.Value(0.0, label="y")
+    loss = (model(x) - y) ** 2
+    return model.parameters(), [*x, y], loss
+
+
+def test_an_mlp_is_dense_groups_and_grids(mlp):
+    wrt, inputs, loss = mlp
+    f = sg.compile(loss, wrt=wrt, inputs=inputs, backend="tape")
+    pl = f.executor.plans[f"{f.name}_value_and_grad"]
+    # two layers forward (the one-neuron output is a lone fused sum), one backward (the
+    # cotangents of the first hidden layer: 12 sums over the second layer's neurons)
+    assert pl.stats["dense_groups"] == 3
+    assert pl.stats["grids"] == 3 and pl.stats["grid_results"] == pl.stats["acc_results"]
+    assert pl.stats["dense_terms"] >= 0.95 * pl.stats["dot_terms"]
+    assert "dense groups" in f.source
+
+
+def test_threads_give_the_same_bits(mlp):
+    numba = pytest.importorskip("numba")
+    wrt, inputs, loss = mlp
+    f = sg.compile(loss, wrt=wrt, inputs=inputs, backend="tape")
+    X = np.random.default_rng(2).normal(size=(3001, 6))
+    p = f.current_params()
+    got = []
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            got.append([f.batch(p, X, reduce=r) for r in ("sum", "none")])
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for (v1, g1), (v2, g2) in zip(got[0], got[-1], strict=True):
+        assert _same(v1, v2) and _same(g1, g2)
+
+
+def test_chunks_are_aligned_and_cover_the_rows():
+    for n in [1, 15, 31, 32, 33, 100, 511, 1000, 4097, 100_000]:
+        k = layout.n_chunks(n)
+        rows = [r for c in range(k) for r in layout.chunk_rows(c, n, k)]
+        assert rows == list(range(n))
+        assert all(layout.chunk_start(c, n, k) % layout.ALIGN == 0 for c in range(k))
+        assert all(len(layout.chunk_rows(c, n, k)) > 0 for c in range(k))
+
+
+def test_calls_before_the_interpreter_is_built_run_as_plain_python(mlp, monkeypatch):
+    wrt, inputs, loss = mlp
+    f = sg.compile(loss, wrt=wrt, inputs=inputs, backend="tape")
+    X = np.random.default_rng(3).normal(size=(40, 6))
+    p = f.current_params()
+    want = [f.batch(p, X, reduce=r) for r in ("sum", "none")], f(p, X[0])
+    ex = f.executor
+    monkeypatch.setattr(ex, "_build", Future())  # a build that never finishes
+    monkeypatch.setattr(type(ex), "FALLBACK_WORK", 10**9)
+    assert not f.ready
+    got = [f.batch(p, X, reduce=r) for r in ("sum", "none")], f(p, X[0])
+    assert ex._fallback is not None  # the plain-Python line code ran
+    for (v1, g1), (v2, g2) in zip(got[0], want[0], strict=True):
+        assert _same(v1, v2) and _same(g1, g2)
+    assert got[1][0] == want[1][0] and _same(got[1][1], want[1][1])
+
+
+def test_a_port_that_does_not_verify_falls_back_to_libm(monkeypatch):
+    from symgrad import vecmath
+
+    monkeypatch.setattr(vecmath, "mismatches", lambda got, want: np.array([0]))
+    it = interpreter._Interpreter()
+    assert it.verdicts["tanh"].startswith("libm")
+    assert it.exact[sg.tape.OPCODES["tanh"]] == 0
+
+
+def test_the_ports_verify_here_or_say_why():
+    it = interpreter._Interpreter.get()
+    for name in ("tanh", "exp", "log", "sigmoid"):
+        verdict = it.verdicts[name]
+        assert verdict == "exact vectorised port" or verdict.startswith("libm: "), verdict
+
+
+def test_the_static_part_reads_the_plan_fields_in_their_order():
+    text = (Path(interpreter.__file__).parent / "interpreter_static.py").read_text()
+    names = re.search(r"\(F_STEPS,.*?\) = range\((\d+)\)", text, re.S)
+    assert names is not None
+    fields = re.findall(r"F_([A-Z0-9_]+)", names.group(0))
+    assert [f.lower() for f in fields] == list(tape_plan.PLAN_FIELDS)
+    assert int(names.group(1)) == len(tape_plan.PLAN_FIELDS)
