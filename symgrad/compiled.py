@@ -9,7 +9,7 @@ Numba typing error; the executor the registry chose runs the kernels.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -339,6 +339,19 @@ class Compiled(Program):
 def _floats(a: Any, what: str) -> np.ndarray:
     if isinstance(a, (str, bytes)):
         raise TypeError(f"{what}: expected numbers, got {type(a).__name__} {a!r:.40}")
+    if isinstance(a, Mapping):
+        raise TypeError(
+            f"{what}: expected a sequence of floats, got a {type(a).__name__}; pass a list of "
+            "floats in the order of the leaves"
+        )
+    if isinstance(a, (set, frozenset)):
+        raise TypeError(f"{what}: expected a sequence of floats, got a {type(a).__name__}, "
+                        "which has no order; pass a list")
+    if _has_bool(a):
+        raise TypeError(
+            f"{what}: expected floats, got booleans (True/False would silently be 1.0/0.0); "
+            "convert them explicitly, e.g. np.asarray(x, dtype=float)"
+        )
     if isinstance(a, Value) or (
         isinstance(a, (list, tuple)) and any(isinstance(v, Value) for v in a)
     ):
@@ -347,12 +360,24 @@ def _floats(a: Any, what: str) -> np.ndarray:
         arr = np.asarray(a)
     except (TypeError, ValueError) as e:
         raise TypeError(f"{what}: could not read as an array of floats ({e})") from None
-    if arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in "iuf":
         example = f" (e.g. {arr.flat[0]!r:.40})" if arr.size else ""
         raise TypeError(
             f"{what}: expected real numbers, got an array of dtype {arr.dtype}{example}"
         )
     return np.asarray(arr, dtype=np.float64)
+
+
+def _has_bool(a: Any) -> bool:
+    """A bool array, or a bool among a list's items (or its rows' items)."""
+    if isinstance(a, (bool, np.bool_)):
+        return True
+    if isinstance(a, np.ndarray):
+        return a.dtype.kind == "b"
+    if isinstance(a, (list, tuple)):
+        return any(_has_bool(v) if isinstance(v, (list, tuple, np.ndarray))
+                   else isinstance(v, (bool, np.bool_)) for v in a)
+    return False
 
 
 def _vector(a: Any, n: int, what: str, expected: str) -> np.ndarray:
