@@ -83,7 +83,7 @@ class NumericGradientTier(Tier):
             f"  interpreted g.u  {fmt(float(gi @ u))}",
             f"  high precision   {fmt(ag.want)}   (central difference in 40-digit mpmath)",
         ]
-        j = self._narrow(pt, lambda w: self._disagrees(pt, k, w, gc, gi), u)
+        j = self._narrow(lambda w: self._disagrees(pt, k, w, gc, gi), u)
         if j is not None:
             exact = self.hp.directional(pt.values, np.eye(len(u))[j])
             hp = fmt(float(exact[k])) if exact is not None else "undefined"
@@ -103,8 +103,7 @@ class NumericGradientTier(Tier):
         return not (tol.close(gc @ w, float(d[k]), scale) and tol.close(gi @ w, float(d[k]), scale))
 
     @staticmethod
-    def _narrow(pt: Point, disagrees: Callable[[np.ndarray], bool | None],
-                u: np.ndarray) -> int | None:
+    def _narrow(disagrees: Callable[[np.ndarray], bool | None], u: np.ndarray) -> int | None:
         """Halve the support of `u` while one half still disagrees; the parameter left, or None
         (both halves agree: the error cancels between them, or the oracle is undefined)."""
         idx = np.flatnonzero(u)
@@ -171,10 +170,10 @@ class NumericHessianTier(NumericGradientTier):
             f"  compiled u.H.v   {fmt(float(u @ H @ v))}",
             f"  high precision   {fmt(want)}   (mixed central difference in 40-digit mpmath)",
         ]
-        j = self._narrow(pt, lambda a: off(a, v), u)
+        j = self._narrow(lambda a: off(a, v), u)
         if j is not None:
             e = np.eye(len(u))[j]
-            k = self._narrow(pt, lambda b: off(e, b), v)
+            k = self._narrow(lambda b: off(e, b), v)
             if k is not None:
                 exact = self.hp.second_directional(pt.values, e, np.eye(len(u))[k])
                 hp = fmt(float(exact[0])) if exact is not None else "undefined"

@@ -28,7 +28,7 @@ from .symbolic import sympy_module
 
 __all__ = [
     "DPS", "HighPrecision", "engine_at", "first_bad_rule", "mp_function", "rule_disagreement",
-    "rule_values",
+    "rule_values", "sympy_evaluator",
 ]
 
 DPS = 40  # digits of the high-precision evaluation
@@ -100,6 +100,7 @@ class HighPrecision:
             self.steps.append((mp_function(op.name, params), args))
             slot[id(v)] = len(slot)
         self.outs = [slot[id(o)] for o in outs]
+        self._center: tuple[tuple[float, ...] | None, tuple[int, ...] | None] = (None, None)
 
     def run(self, xs: Sequence[Any]) -> list[Any] | None:
         """Every slot's value at leaf values `xs` (floats or mpf), or None where anything is
@@ -128,6 +129,15 @@ class HighPrecision:
         """Where each kinked op's operands are relative to its kinks (below, at, above)."""
         return tuple((env[a] > k) - (env[a] < k) for a, ks in self.kinked for k in ks)
 
+    def _center_sides(self, xs: Sequence[float]) -> tuple[int, ...] | None:
+        """`sides` at `xs` (None where undefined), remembered for the last point asked about:
+        every direction at a point shares it."""
+        key = tuple(xs)
+        if self._center[0] != key:
+            env = self.run(xs)
+            self._center = (key, None if env is None else self.sides(env))
+        return self._center[1]
+
     def _step(self, xs: Sequence[float], u: Sequence[float], root: int) -> Any:
         """A central-difference step: ``10 ** -(dps / root)`` relative to the point, so that
         truncation (h**2 or h**2 times a derivative) and rounding (``10 ** -dps / h``, or over
@@ -146,12 +156,12 @@ class HighPrecision:
 
         with mpmath.workdps(self.dps):
             h = self._step(xs, u, 3)
-            env0 = self.run(xs)
+            center = self._center_sides(xs)
             ends = []
             for sign in (1, -1):
                 moved = [mpmath.mpf(x) + sign * h * ui for x, ui in zip(xs, u, strict=False)]
                 env = self.run(moved + [mpmath.mpf(x) for x in xs[len(u):]])
-                if env is None or env0 is None or self.sides(env) != self.sides(env0):
+                if env is None or center is None or self.sides(env) != center:
                     return None
                 ends.append(env)
             return [(ends[0][o] - ends[1][o]) / (2 * h) for o in self.outs]
@@ -164,17 +174,120 @@ class HighPrecision:
 
         with mpmath.workdps(self.dps):
             h = self._step(xs, [max(abs(a), abs(b)) for a, b in zip(u, v, strict=True)], 4)
-            env0 = self.run(xs)
+            center = self._center_sides(xs)
             corners = []
             for su, sv in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
                 moved = [mpmath.mpf(x) + h * (su * a + sv * b)
                          for x, a, b in zip(xs, u, v, strict=False)]
                 env = self.run(moved + [mpmath.mpf(x) for x in xs[len(u):]])
-                if env is None or env0 is None or self.sides(env) != self.sides(env0):
+                if env is None or center is None or self.sides(env) != center:
                     return None
                 corners.append(env)
             return [(corners[0][o] - corners[1][o] - corners[2][o] + corners[3][o]) / (4 * h * h)
                     for o in self.outs]
+
+
+def sympy_evaluator(exprs: Sequence[Any], args: Sequence[Any]) -> Callable[..., list[Any] | None]:
+    """`exprs` as a function of `args` (symbols) on mpmath numbers, or None where undefined.
+
+    A walk over the expressions' nodes, each shared node once, each kind of function lambdified
+    once over fresh symbols: linear in the expressions' size, where lambdify of a large
+    expression costs seconds.
+    """
+
+    sp = sympy_module()
+    slot: dict[Any, int] = {a: i for i, a in enumerate(args)}
+    steps: list[tuple[Callable[..., Any] | None, tuple[int, ...]]] = []
+    consts: dict[int, Any] = {}
+
+    def visit(node: Any) -> int:
+        stack = [node]
+        while stack:
+            e = stack[-1]
+            if e in slot:
+                stack.pop()
+                continue
+            todo = [a for a in _operands(sp, e) if a not in slot]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            slot[e] = len(args) + len(steps)
+            if e.is_Number or e.is_NumberSymbol or e is sp.true or e is sp.false:
+                consts[slot[e]] = _mp_constant(sp, e)
+                steps.append((None, ()))
+            else:
+                steps.append((_node_function(sp, e), tuple(slot[a] for a in _operands(sp, e))))
+        return slot[node]
+
+    outs = [visit(e) for e in exprs]
+
+    def run(*xs: Any) -> list[Any] | None:
+        env = list(xs)
+        for i, (fn, ops_) in enumerate(steps, len(xs)):
+            if fn is None:
+                env.append(consts[i])
+                continue
+            try:
+                env.append(fn(*[env[a] for a in ops_]))
+            except _MP_ERRORS:
+                return None
+        vals = [_real(env[o]) if not isinstance(env[o], bool) else env[o] for o in outs]
+        return None if any(v is None for v in vals) else vals
+
+    return run
+
+
+def _operands(sp: Any, e: Any) -> tuple[Any, ...]:
+    if isinstance(e, sp.Piecewise):
+        return tuple(x for pair in e.args for x in pair)  # value, condition, value, ...
+    return tuple(e.args)
+
+
+def _mp_constant(sp: Any, e: Any) -> Any:
+    import mpmath
+
+    if e is sp.true or e is sp.false:
+        return bool(e)
+    with mpmath.workdps(DPS + 10):  # built once, used at any precision up to DPS
+        if e.is_Rational:
+            return mpmath.mpf(int(e.p)) / int(e.q)
+        return mpmath.mpf(sp.Float(e.evalf(DPS + 10), DPS + 10)._mpf_)
+
+
+def _node_function(sp: Any, e: Any) -> Callable[..., Any]:
+    """How to compute node `e` from its operands' values."""
+    if isinstance(e, sp.Add):
+        return lambda *xs: sum(xs[1:], xs[0])
+    if isinstance(e, sp.Mul):
+        return _product
+    if isinstance(e, sp.Pow):
+        return lambda a, b: a**b
+    if isinstance(e, sp.Piecewise):
+        return _piecewise
+    key = (e.func, len(e.args))
+    with _lock:
+        fn = _functions.get(key)
+    if fn is None:
+        xs = sp.symbols(f"a0:{len(e.args)}", real=True)
+        fn = sp.lambdify(xs, e.func(*xs), modules="mpmath")
+        with _lock:
+            _functions[key] = fn
+    return fn
+
+
+def _product(*xs: Any) -> Any:
+    out = xs[0]
+    for x in xs[1:]:
+        out = out * x
+    return out
+
+
+def _piecewise(*xs: Any) -> Any:
+    for value, cond in zip(xs[::2], xs[1::2], strict=True):
+        if cond:
+            return value
+    raise ValueError("no branch of a Piecewise applies")
 
 
 # ---- local derivative rules against sympy.diff ---------------------------------------------------

@@ -315,3 +315,64 @@ def test_a_failure_under_pytest_shows_the_message_not_symgrad_source(tmp_path) -
     assert errors[0].startswith("E       symgrad.ModelMismatch: model mismatch"), out
     assert len(errors) <= 15
     assert "checking.py" not in out and "tiers.py" not in out and "def check(" not in out
+
+
+def test_a_broken_hessian_batch_names_the_entry(monkeypatch) -> None:
+    from symgrad.higher import Hessian
+
+    real = Hessian.batch
+
+    def wrong(self, params, X, reduce="sum"):
+        values, grad, hess = real(self, params, X, reduce)
+        if reduce == "none":
+            _bump(hess, (2, 0, 1))
+        return values, grad, hess
+
+    monkeypatch.setattr(Hessian, "batch", wrong)
+    o, wrt, inputs = neuron()
+    with pytest.raises(sg.GradientMismatch) as info:
+        sg.check(o, wrt=wrt, inputs=inputs, backend="python", order=2)
+    head = str(info.value).splitlines()[0]
+    assert head.startswith("hessian mismatch") and "batch(reduce='none'), row 2, d2/d(w1)d(w2)" in head
+
+
+def test_a_single_call_off_with_every_op_right_blames_the_combination(monkeypatch) -> None:
+    # every op compiles right, and the IR computes the engine's numbers: what is left is how
+    # the lowering combines them (simulated: the kernel's gradient is one ulp off)
+    _sabotage(monkeypatch, "__call__", lambda result, *a, **k: _bump(result[1], (0,)))
+    o, wrt, inputs = neuron()
+    with pytest.raises(sg.GradientMismatch) as info:
+        sg.check(o, wrt=wrt, inputs=inputs, backend="python")
+    msg = str(info.value)
+    assert msg.splitlines()[0].endswith("in single call, d/d(w1):")
+    assert "the lowering combines them otherwise" in msg
+
+
+def test_a_wrong_second_order_rule_is_caught_numerically_and_narrowed() -> None:
+    step = ops.OPS["step"]
+    good = step.vjp
+    x, y = sg.Value(0.8, label="x"), sg.Value(0.6, label="y")
+    f = (x * y).relu() * x
+    object.__setattr__(step, "vjp", lambda ct, out, x: (ct,))
+    try:
+        sg.check(f, order=1, backend="python", method="numeric")  # first order: still right
+        with pytest.raises(sg.GradientMismatch) as info:
+            sg.check(f, order=2, backend="python", method="numeric")
+    finally:
+        object.__setattr__(step, "vjp", good)
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("hessian mismatch") and "numeric" in lines[0]
+    assert any(re.search(r"narrowed to d2/d\(\w\)d\(\w\)", line) for line in lines)
+    assert "step" in lines[-1]  # the rule that is wrong
+
+
+@pytest.mark.slow
+def test_check_times_benchmark_prints_its_table() -> None:
+    """benchmarks/check_times.py (the README's table) runs and reports; times are not judged."""
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "check_times.py"),
+                          "--models", "2x2,2x6", "--rounds", "1", "--symbolic"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=900, check=False)
+    assert res.returncode == 0, res.stderr
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| MLP(")]
+    assert [r.split(" | ")[3] for r in rows] == ["symbolic", "symbolic", "numeric"]
+    assert rows[2].startswith("| MLP(2,[6,6,1]) | 67 | ")
