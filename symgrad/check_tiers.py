@@ -62,6 +62,8 @@ class EntryPointTier(Tier):
         return np.array(rows, dtype=np.float64).reshape(self.ROWS, len(x))
 
     def entries(self, pt: Point) -> list[Entry]:
+        """The engine against a single call; forward, batch and batch_forward against single
+        calls on a batch of `ROWS` rows."""
         s = self.subject
         p, X = pt.params, self._rows(pt)
         singles = [s.compiled(pt)] + [s.call(p, X[r]) for r in range(1, self.ROWS)]
@@ -205,6 +207,8 @@ class RulesTier(Tier):
         return f"{self.name} ({self.kinds} kinds of instruction vs sympy.diff)"
 
     def entries(self, pt: Point) -> list[Entry] | None:
+        """At the first point only: each kind of instruction at the graph's operand values and
+        at fixed ones."""
         if self.done:
             return None
         self.done = True
@@ -289,6 +293,7 @@ class ExpectedTier(Tier):
         return f"{self.name} ({how}compared at {self.compared} points)"
 
     def entries(self, pt: Point) -> list[Entry] | None:
+        """The graph's outputs against `expected`'s at `pt`, in high precision."""
         import mpmath
 
         got = self.hp.values(pt.values)

@@ -47,6 +47,8 @@ class NumericGradientTier(Tier):
         return self.subject.compiled(pt)["gradient"], np.asarray(self.subject.engine(pt)[1])
 
     def entries(self, pt: Point) -> list[Entry] | None:
+        """``g . u`` along `directions` random u, compiled and interpreted, against the
+        high-precision central difference."""
         g_comp, g_int = self.gradients(pt)
         if not (finite(g_comp) and finite(g_int)):
             return None
@@ -135,6 +137,7 @@ class NumericHessianTier(NumericGradientTier):
                 "for the Hessian, 40-digit central differences)")
 
     def entries(self, pt: Point) -> list[Entry] | None:
+        """The gradient as the parent does, then ``u . H . v`` along random pairs."""
         grads = super().entries(pt)
         H = self.subject.compiled(pt)["hessian"]
         if grads is None or not finite(H):

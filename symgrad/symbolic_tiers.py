@@ -39,6 +39,7 @@ class GradientTier(Tier):
         self.oracle = _lambdify([subject.symbols[id(v)] for v in subject.leaves], targets)
 
     def entries(self, pt: Point) -> list[Entry] | None:
+        """Each compiled and interpreted derivative against sympy's at `pt`."""
         s = self.subject
         g_comp = s.compiled(pt)["gradient"]
         _, g_int = s.engine(pt)
@@ -100,6 +101,8 @@ class HessianTier(Tier):
         self.oracle = _lambdify([subject.symbols[id(v)] for v in subject.leaves], targets)
 
     def entries(self, pt: Point) -> list[Entry] | None:
+        """The gradient against sympy; each Hessian entry against sympy and central
+        differences of the compiled gradient."""
         s = self.subject
         r = s.compiled(pt)
         g, h = r["gradient"][0], r["hessian"]
