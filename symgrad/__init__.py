@@ -5,7 +5,14 @@ The public API (see README): `Value`, `compile`, `Compiled`, `jvp`, `hvp`, `hess
 """
 
 from ._version import __version__ as __version__
-from .checking import CheckResult, GradientMismatch, check
+from .checking import (
+    CheckFailed,
+    CheckResult,
+    GradientMismatch,
+    ModelMismatch,
+    ValueMismatch,
+    check,
+)
 from .compiled import Compiled, compile
 from .engine import Value
 from .higher import hessian, hvp, jvp
@@ -18,10 +25,13 @@ tanh, exp, log, relu, sigmoid, sin, cos = TANH, EXP, LOG, RELU, SIGMOID, SIN, CO
 
 __all__ = [
     "OPS",
+    "CheckFailed",
     "CheckResult",
     "Compiled",
     "GradientMismatch",
+    "ModelMismatch",
     "Value",
+    "ValueMismatch",
     "check",
     "compile",
     "cos",

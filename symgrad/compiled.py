@@ -8,8 +8,9 @@ Numba typing error; the executor the registry chose runs the kernels.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from . import cache, executors, jit
 from .autodiff import name_gradients, value_and_grad
 from .engine import Value
-from .ir import Const, Func, Var, atom_text, evaluate, first_nonfinite, instr_text, names, verify
+from .ir import Atom, Const, Func, Instr, Var, atom_text, evaluate, instr_text, names, verify
 from .layout import Kernel, Layout
 from .passes import optimize as run_passes
 from .pipeline import back_end, debug, debug_level, front_end, gc_paused, record_stage
@@ -249,33 +250,36 @@ class Compiled(Program):
         super().__init__(traced, kernels, backend, stats, t0)
 
     def debug(self, params: Any = None, inputs: Any = None) -> str:
-        """Where a nan or inf first appears at `params`/`inputs`, as a readable report.
+        """Where nan and inf come from at `params`/`inputs`, as a readable report.
 
-        Runs the IR with the reference rules (no compiled code) and names the first instruction,
-        in the forward pass and in the gradient, that made a non-finite number from finite
-        operands, with those operands. Returns "all values finite ..." when there is none.
+        Runs the IR with the reference rules (no compiled code). Names the params and inputs
+        that are not finite (by label), then for the forward pass and for the value and gradient:
+        the first instruction that made a nan or inf from finite operands, the first that turned
+        an inf into a nan (``inf * 0``, ``inf - inf``), and the results that are not finite.
+        Says "all values finite" only when every argument, instruction and result is.
         """
         p = self._params(params)
         x = self._row(inputs)
+        lines = [
+            _nonfinite_leaves(what, leaves, values)
+            for what, leaves, values in (("params", self._wrt, p), ("inputs", self._inputs, x))
+        ]
+        lines = [line for line in lines if line]
         args = [*p.tolist(), *x.tolist()]
-        lines = []
-        for what, func in (("forward", self.forward_ir), ("value and gradient", self.ir)):
-            hit = first_nonfinite(func, args)
-            if hit is None:
-                lines.append(f"{what}: all values finite")
-                continue
-            i, ins, v = hit
-            nm = names(func)
-            env: dict[Var, float] = {}
-            evaluate(func, args, env)
-            operands = ", ".join(
-                f"{atom_text(a, nm)} = {a.value if isinstance(a, Const) else env[a]!r}"
-                for a in ins.args
-            )
-            lines.append(
-                f"{what}: instruction {i} `{instr_text(ins, nm)}` gives {v!r} from {operands}"
-            )
+        one = self.n_out == 1
+        values = ["value" if one else f"value[{k}]" for k in range(self.n_out)]
+        grads = [f"d/d({w})" if one else f"d(output {k})/d({w})"
+                 for k in range(self.n_out) for w in self._debug_labels(self._wrt, "params")]
+        for what, func, roles in (("forward", self.forward_ir, values),
+                                  ("value and gradient", self.ir, values + grads)):
+            story = _nonfinite_story(func, args, roles)
+            lines.append(f"{what}: {story[0]}")
+            lines += [f"  {s}" for s in story[1:]]
         return "\n".join(lines)
+
+    @staticmethod
+    def _debug_labels(leaves: Sequence[Value], what: str) -> list[str]:
+        return [v.label or f"{what}[{i}]" for i, v in enumerate(leaves)]
 
     def __call__(self, params: Any = None, inputs: Any = None) -> tuple[Any, np.ndarray]:
         """Value and gradient at `params` and `inputs` (each defaults to the leaves' ``.data``).
@@ -347,9 +351,71 @@ class Compiled(Program):
         return values[:, 0] if self.n_out == 1 else values
 
 
+def _nonfinite_leaves(what: str, leaves: Sequence[Value], values: np.ndarray) -> str:
+    """``params: not finite: w1 = nan, ...`` (by index and label), or "" when all are finite."""
+    bad = [f"[{i}] {v.label or '(unlabelled)'} = {float(values[i])!r}"
+           for i, v in enumerate(leaves) if not np.isfinite(values[i])]
+    return f"{what}: not finite: {', '.join(bad)}" if bad else ""
+
+
+def _nonfinite_story(func: Func, args: Sequence[float], roles: Sequence[str]) -> list[str]:
+    """Where `func`'s nan and inf come from at `args`: the first instruction that makes one from
+    finite operands, the first that turns an inf into a nan, the non-finite arguments it reads
+    and its non-finite results (named by `roles`). "all values finite" only when nothing is."""
+    env: dict[Var, float] = {}
+    evaluate(func, args, env)
+    nm = names(func)
+
+    def val(a: Atom) -> float:
+        return a.value if isinstance(a, Const) else env[a]
+
+    def operands(ins: Instr) -> str:
+        return ", ".join(f"{atom_text(a, nm)} = {val(a)!r}" for a in ins.args)
+
+    facts: list[str] = []
+    born = inf_to_nan = False
+    for i, ins in enumerate(func.body):
+        v = env[ins.out]
+        if math.isfinite(v):
+            continue
+        xs = [val(a) for a in ins.args]
+        where = f"instruction {i} `{instr_text(ins, nm)}`"
+        if not born and all(math.isfinite(x) for x in xs):
+            born = True
+            facts.append(f"{where} gives {v!r} from {operands(ins)}")
+        elif not inf_to_nan and math.isnan(v) and not any(math.isnan(x) for x in xs):
+            inf_to_nan = True
+            facts.append(f"{where} turns inf into nan: gives {v!r} from {operands(ins)}")
+    used = {a for ins in func.body for a in ins.args} | set(func.results)
+    bad_args = [f"{nm[a]} = {env[a]!r}" for a in func.args
+                if a in used and not math.isfinite(env[a])]
+    if bad_args:
+        facts.append(f"non-finite arguments read: {', '.join(bad_args)}")
+    bad = [f"{role} = {val(r)!r}" for role, r in zip(roles, func.results, strict=True)
+           if not math.isfinite(val(r))]
+    if bad:
+        facts.append(f"results not finite: {', '.join(bad)}")
+    elif facts:
+        facts.append("every result is finite")
+    return facts or ["all values finite"]
+
+
 def _floats(a: Any, what: str) -> np.ndarray:
     if isinstance(a, (str, bytes)):
         raise TypeError(f"{what}: expected numbers, got {type(a).__name__} {a!r:.40}")
+    if isinstance(a, Mapping):
+        raise TypeError(
+            f"{what}: expected a sequence of floats, got a {type(a).__name__}; pass a list of "
+            "floats in the order of the leaves"
+        )
+    if isinstance(a, (set, frozenset)):
+        raise TypeError(f"{what}: expected a sequence of floats, got a {type(a).__name__}, "
+                        "which has no order; pass a list")
+    if _has_bool(a):
+        raise TypeError(
+            f"{what}: expected floats, got booleans (True/False would silently be 1.0/0.0); "
+            "convert them explicitly, e.g. np.asarray(x, dtype=float)"
+        )
     if isinstance(a, Value) or (
         isinstance(a, (list, tuple)) and any(isinstance(v, Value) for v in a)
     ):
@@ -358,12 +424,24 @@ def _floats(a: Any, what: str) -> np.ndarray:
         arr = np.asarray(a)
     except (TypeError, ValueError) as e:
         raise TypeError(f"{what}: could not read as an array of floats ({e})") from None
-    if arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in "iuf":
         example = f" (e.g. {arr.flat[0]!r:.40})" if arr.size else ""
         raise TypeError(
             f"{what}: expected real numbers, got an array of dtype {arr.dtype}{example}"
         )
     return np.asarray(arr, dtype=np.float64)
+
+
+def _has_bool(a: Any) -> bool:
+    """A bool array, or a bool among a list's items (or its rows' items)."""
+    if isinstance(a, (bool, np.bool_)):
+        return True
+    if isinstance(a, np.ndarray):
+        return a.dtype.kind == "b"
+    if isinstance(a, (list, tuple)):
+        return any(_has_bool(v) if isinstance(v, (list, tuple, np.ndarray))
+                   else isinstance(v, (bool, np.bool_)) for v in a)
+    return False
 
 
 def _vector(a: Any, n: int, what: str, expected: str) -> np.ndarray:

@@ -22,7 +22,10 @@ import numpy as np
 from . import cache
 from .ops import OPS
 
-__all__ = ["CACHE_EVENTS", "IEEE_NUMPY", "exec_source", "helper", "jit_compile", "load"]
+__all__ = [
+    "CACHE_EVENTS", "IEEE_NUMPY", "exec_source", "helper", "jit_compile", "load",
+    "template_globals",
+]
 
 
 class _IEEENumpy:
@@ -55,6 +58,25 @@ def _as_np(impl: Callable[[float], float]) -> Callable[[Any], np.float64]:
 
 IEEE_NUMPY = _IEEENumpy()
 
+
+def _pow_python(x: Any, p: Any) -> np.float64:
+    """pow for plain-Python runs: the op table's rule (Python's x ** p, i.e. C's pow)."""
+    return np.float64(OPS["pow"].impl(float(x), float(p)))
+
+
+def template_globals(numba: bool) -> dict[str, Any]:
+    """The functions op templates may call besides numpy's, as generated modules see them.
+
+    ``pow_libm(x, p)`` is C's pow in both worlds: under Numba `symgrad.vecmath.pow_libm` (a call
+    LLVM may not strength-reduce into ``x * x``, ``sqrt`` or ``1 / x``), in plain Python the op
+    table's rule, which is Python's ``x ** p``.
+    """
+    if not numba:
+        return {"pow_libm": _pow_python}
+    from .vecmath import pow_libm
+
+    return {"pow_libm": pow_libm}
+
 _counter = itertools.count()
 _lock = threading.Lock()
 
@@ -78,9 +100,9 @@ def load(source: str, name: str, numba: bool,
     For Numba the module is imported from its cache file when caching is on (Numba can then
     cache its machine code), with numba's ``prange``; for plain Python it is executed with
     ``np`` bound to `IEEE_NUMPY` after the source's own ``import numpy as np``. `extra` globals
-    are set before the module's code runs.
+    (and `template_globals`) are set before the module's code runs.
     """
-    extra = dict(extra or {})
+    extra = {**template_globals(numba), **(extra or {})}
     if not numba:
         ns = exec_source(source, name, extra)
         ns["np"] = IEEE_NUMPY

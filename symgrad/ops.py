@@ -36,7 +36,8 @@ class OpDef:
         py: source template over operands ``{0}``, ``{1}`` and parameters ``{p}``. Its result
             must be a numpy float (never a bare Python literal), so that plain-Python runs of
             generated code keep IEEE semantics: ``np.float64(0.0) ** -1`` is inf, ``0.0 ** -1``
-            raises.
+            raises. Besides ``np``, a template may call the functions of
+            `symgrad.jit.template_globals` (``pow_libm``).
         sympy: ``(*sympy_args, **params) -> sympy expression``; takes the sympy module first.
         symbol: the ``Value._op`` string (micrograd's spelling: ``+``, ``*``, ``**2``, ``ReLU``).
         params: names of static (non-differentiable) float parameters, e.g. pow's exponent.
@@ -243,7 +244,9 @@ POW: OpDef = defop(
     # the exponent is a compile-time constant, so only the base gets a cotangent
     # x ** 0 is constant: no cotangent (0 * x ** -1 would be nan at x = 0)
     vjp=lambda ct, out, x, p: (None if p == 0.0 else (p * POW(x, p=p - 1.0)) * ct,),
-    py="{0} ** {p}", symbol="**{p}",
+    # C's pow, which Python's x ** p is: Numba would turn a literal x ** 2.0 into x * x (and
+    # x ** 0.5 into sqrt, x ** -1.0 into 1 / x), which round differently for some x
+    py="pow_libm({0}, {p})", symbol="**{p}",
     # the exponent stays the number it is (an Integer when integral, else the exact double)
     sympy=lambda sp, x, p: x ** (sp.Integer(int(p)) if float(p).is_integer() else sp.Float(p)),
 )

@@ -13,7 +13,7 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .engine import Value, topological_order
@@ -110,6 +110,17 @@ def _func_name(name: str | None) -> str:
 def _leaf_list(leaves: Any, what: str) -> list[Value]:
     if isinstance(leaves, Value):
         return [leaves]
+    if isinstance(leaves, Mapping):
+        # iterating a dict gives its keys: never what was meant
+        raise TypeError(
+            f"{what}: expected a list of Value leaves, got a {type(leaves).__name__}; pass "
+            f"list(d.values()) (or list(d) if the keys are the leaves)"
+        )
+    if isinstance(leaves, (set, frozenset)):
+        raise TypeError(
+            f"{what}: expected a list of Value leaves, got a {type(leaves).__name__}, which has "
+            "no order; pass a list (the order is the order of params and gradients)"
+        )
     if isinstance(leaves, (str, bytes)) or not isinstance(leaves, Iterable):
         raise TypeError(f"{what}: expected a list of Value leaves, got {type(leaves).__name__}")
     return list(leaves)

@@ -248,6 +248,16 @@ BAD_CALLS: list[tuple[str, Callable[[sg.Compiled], Any], type[Exception], str]] 
     ("bad reduce", lambda f: f.batch(P, X, reduce="max"), ValueError, r"reduce.*'max'"),
     ("reduce None", lambda f: f.batch(P, X, reduce=None), ValueError, r"reduce"),
     ("batch_forward X", lambda f: f.batch_forward(P, np.zeros(3)), ValueError, r"X"),
+    ("params bool array", lambda f: f(np.ones(3, bool), [0.0, 0.0]), TypeError,
+     r"params.*booleans"),
+    ("params bools in a list", lambda f: f([1.0, True, 2.0], [0.0, 0.0]), TypeError,
+     r"params.*booleans"),
+    ("inputs bool array", lambda f: f(P, np.zeros(2, bool)), TypeError, r"inputs.*booleans"),
+    ("X bool array", lambda f: f.batch(P, np.zeros((3, 2), bool)), TypeError, r"X.*booleans"),
+    ("X bool in a row", lambda f: f.batch_forward(P, [[0.5, False]]), TypeError, r"X.*booleans"),
+    ("params dict", lambda f: f({"a": 1.0, "b": 2.0, "c": 3.0}, [0.0, 0.0]), TypeError,
+     r"params.*dict"),
+    ("inputs set", lambda f: f(P, {0.5, 1.5}), TypeError, r"inputs.*set.*no order"),
 ]
 
 
@@ -284,6 +294,15 @@ BAD_COMPILES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("float in wrt", lambda: (lambda a, b, o: sg.compile(o, wrt=[a, 2.0]))(*_leaves()),
      TypeError, r"wrt\[1\]"),
     ("string as wrt", lambda: sg.compile(_leaves()[2], wrt="a"), TypeError, r"wrt"),
+    ("dict as wrt", lambda: (lambda a, b, o: sg.compile(o, wrt={"a": a, "b": b}))(*_leaves()),
+     TypeError, r"wrt.*dict.*values"),
+    ("dict as inputs",
+     lambda: (lambda a, b, o: sg.compile(o, wrt=[a], inputs={"b": b}))(*_leaves()),
+     TypeError, r"inputs.*dict"),
+    ("set as wrt", lambda: (lambda a, b, o: sg.compile(o, wrt={a, b}))(*_leaves()),
+     TypeError, r"wrt.*set.*no order"),
+    ("dict as check's wrt", lambda: (lambda a, b, o: sg.check(o, wrt={"a": a}))(*_leaves()),
+     TypeError, r"wrt.*dict"),
     ("output not a Value", lambda: sg.compile(3.0), TypeError, r"outputs"),
     ("outputs with a float", lambda: sg.compile([_leaves()[2], 1.0]), TypeError, r"outputs\[1\]"),
 ]

@@ -58,3 +58,30 @@ def test_passes_list_the_rules_table():
     used, left_out = paragraph.split("NOT_SIMPLIFIED", 1)
     assert re.findall(r"`([^`]* -> [^`]*)`", used) == [str(r) for r in SIMPLIFY_RULES]
     assert re.findall(r"`([^`]* -> [^`]*)`", left_out) == [str(r) for r in NOT_SIMPLIFIED]
+
+
+def test_testing_your_model_runs_and_shows_the_failure_check_gives():
+    import symgrad as sg
+
+    section = README.split("## Testing your model", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    ns: dict = {}
+    exec(compile(code, "<README: Testing your model>", "exec"), ns)
+    ns["test_neuron"]()  # passes as shown
+    o, wrt, inputs = ns["make_neuron"]("sigmoid")
+    x1, x2, w1, w2, b = ns["sp"].symbols("x1 x2 w1 w2 b")
+    with pytest.raises(sg.ModelMismatch) as info:
+        sg.check(o, wrt=wrt, inputs=inputs, expected=ns["sp"].tanh(x1 * w1 + x2 * w2 + b))
+    (shown,) = re.findall(r"```text\n(.*?)```", section, flags=re.S)
+    # pytest's E lines: the exception's name, then its message line by line
+    lines = [line[len("E       "):] for line in shown.splitlines()]
+    message = "\n".join([lines[0].split(": ", 1)[1], *lines[1:]])
+    assert lines[0].startswith("symgrad.ModelMismatch: ")
+    assert str(info.value) == message
+
+
+def test_check_times_table_lists_the_models_the_benchmark_measures():
+    section = README.split("## Testing your model", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| MLP(")]
+    assert {row.split(" | ")[0][2:] for row in rows} >= {
+        "MLP(2,[8,8,1])", "MLP(16,[64,64,1])"}

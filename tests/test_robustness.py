@@ -107,6 +107,81 @@ def test_debug_names_the_first_nonfinite_instruction():
     assert "all values finite" in f.debug([5.0, 3.0])
 
 
+def _sections(report):
+    """The report's sections by title: "params", "inputs", "forward", "value and gradient"."""
+    out, title = {}, None
+    for line in report.splitlines():
+        if line.startswith("  "):
+            line = line[2:]
+        else:
+            title, _, line = line.partition(": ")
+        out[title] = out.get(title, "") + line + "\n"
+    return out
+
+
+def test_debug_names_a_nan_param_and_never_calls_its_result_finite():
+    w, x = sg.Value(1.0, label="w"), sg.Value(1.5, label="x")
+    f = sg.compile(x * w, wrt=[w], inputs=[x], backend="python")
+    value, grad = f([math.nan], [1.5])
+    assert math.isnan(value) and not math.isnan(grad[0])  # d/dw = x, still finite
+    s = _sections(f.debug([math.nan], [1.5]))
+    assert s["params"].strip() == "not finite: [0] w = nan"
+    assert "inputs" not in s
+    assert "all values finite" not in s["forward"]
+    assert "w = nan" in s["forward"] and "results not finite: value = nan" in s["forward"]
+    assert "d/d(w)" not in s["value and gradient"]  # the gradient x is finite
+
+
+def test_debug_names_an_inf_input_and_the_instruction_that_turns_it_into_nan():
+    w, x = sg.Value(1.0, label="w"), sg.Value(1.5, label="x")
+    f = sg.compile((x * w).sin(), wrt=[w], inputs=[x], backend="python")
+    assert math.isnan(f([1.0], [math.inf])[0])
+    s = _sections(f.debug([1.0], [math.inf]))
+    assert s["inputs"].strip() == "not finite: [0] x = inf"
+    assert "turns inf into nan" in s["forward"] and "sin(" in s["forward"]
+    assert "d/d(w) = nan" in s["value and gradient"]
+
+
+def test_debug_reports_an_overflow_then_inf_times_zero():
+    a, b = sg.Value(2.0, label="a"), sg.Value(0.0, label="b")
+    f = sg.compile(a.exp() * b, wrt=[a], inputs=[b], backend="python")
+    s = _sections(f.debug([1000.0], [0.0]))
+    assert "params" not in s and "inputs" not in s  # both finite: the trouble is inside
+    fwd = s["forward"].splitlines()
+    assert fwd[0].startswith("instruction 0 `v0 = exp(a)` gives inf from a = 1000.0")
+    assert "turns inf into nan" in fwd[1] and "mul(" in fwd[1] and "b = 0.0" in fwd[1]
+    assert fwd[2] == "results not finite: value = nan"
+
+
+def test_debug_says_when_a_non_finite_value_does_not_reach_the_result():
+    a = sg.Value(2.0, label="a")
+    f = sg.compile((a.exp() * -1.0).exp(), wrt=[a], backend="python")  # exp(-inf) = 0
+    s = _sections(f.debug([1000.0]))
+    assert "gives inf" in s["forward"] and "every result is finite" in s["forward"]
+
+
+@settings(max_examples=40)
+@given(programs(n_inputs=(1, 3), max_ops=8, safe=False, n_outputs=2))
+def test_debug_never_says_all_finite_about_a_non_finite_number(case):
+    """Oracle: the interpreted engine. A section says "all values finite" only if its results
+    (the engine's values, and for the gradient its gradients) and every leaf are finite, and
+    every non-finite leaf is named."""
+    leaves, outs, _ = to_values(case.program, case.inputs)
+    f = sg.compile(outs, wrt=leaves, backend="python")
+    s = _sections(f.debug())
+    values, jac = _engine_grads(outs, leaves)
+    leaves_ok = all(math.isfinite(v.data) for v in leaves)
+    for v in leaves:
+        assert math.isfinite(v.data) or f"{v.label} = {v.data!r}" in s.get("params", ""), case
+    if "all values finite" in s["forward"]:
+        assert leaves_ok and all(math.isfinite(v) for v in values), case
+    if "all values finite" in s["value and gradient"]:
+        assert all(math.isfinite(g) for row in jac for g in row), case
+        assert leaves_ok and all(math.isfinite(v) for v in values), case
+    if not all(math.isfinite(v) for v in values):
+        assert "results not finite: value" in s["forward"], case
+
+
 def test_threads_compile_and_call_at_once():
     """Eight threads compile different graphs and call them; every result equals the engine's."""
     errors: list[BaseException] = []

@@ -117,6 +117,10 @@ class _Vectorise(ast.NodeTransformer):
         return node
 
 
+# functions templates call (see `symgrad.jit.template_globals`), as numpy ufuncs: numpy's own
+# pow, which is not libm's bit for bit (this backend is not exact)
+_CALLS: dict[str, np.ufunc] = {"pow_libm": np.power}
+
 _BINOPS: dict[type, np.ufunc] = {
     ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.true_divide,
     ast.Pow: np.power,
@@ -138,6 +142,9 @@ def _single_ufunc(tree: ast.expr, names: list[str]) -> tuple[np.ufunc | None, tu
           and not tree.keywords
           and isinstance(getattr(np, tree.func.attr, None), np.ufunc)):
         ufunc, operands = getattr(np, tree.func.attr), list(tree.args)
+    elif (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name)
+          and tree.func.id in _CALLS and not tree.keywords):
+        ufunc, operands = _CALLS[tree.func.id], list(tree.args)
     else:
         return None, ()
     pos = [arg(e) for e in operands]
@@ -169,7 +176,7 @@ def _derive(op: OpDef) -> VectorOp:
     expr = op.py.format(*names[: op.arity], **{p: p for p in op.params})
     tree = ast.fix_missing_locations(_Vectorise().visit(ast.parse(expr, mode="eval")))
     source = ast.unparse(tree)
-    fn = eval(f"lambda {', '.join(names)}: {source}", {"np": np})  # the op table is trusted
+    fn = eval(f"lambda {', '.join(names)}: {source}", {"np": np, **_CALLS})  # a trusted table
     ufunc, pos = _single_ufunc(tree.body, names)
     probe = [np.array([[0.5, -1.5], [2.0, 3.0]])] * op.arity + [np.full((2, 1), 2.0)] * len(
         op.params
