@@ -9,12 +9,13 @@ from .checking import CheckResult, GradientMismatch, check
 from .compiled import Compiled, compile
 from .engine import Value
 from .higher import hessian, hvp, jvp
-from .ops import COS, EXP, LOG, OPS, RELU, SIGMOID, SIN, TANH
+from .ops import COS, EXP, LOG, MAXIMUM, MINIMUM, OPS, RELU, SIGMOID, SIN, SQRT, TANH, WHERE
 from .symbolic import to_sympy
 from .viz import draw_dot, draw_ir
 
 # the op table's entries work on floats, Values and IR handles alike: sg.tanh(x)
 tanh, exp, log, relu, sigmoid, sin, cos = TANH, EXP, LOG, RELU, SIGMOID, SIN, COS
+sqrt, maximum, minimum, where = SQRT, MAXIMUM, MINIMUM, WHERE
 
 __all__ = [
     "OPS",
@@ -32,9 +33,13 @@ __all__ = [
     "hvp",
     "jvp",
     "log",
+    "maximum",
+    "minimum",
     "relu",
     "sigmoid",
     "sin",
+    "sqrt",
     "tanh",
     "to_sympy",
+    "where",
 ]

@@ -131,7 +131,7 @@ def hess_tol(ref: np.ndarray) -> float:
 def test_vjp_rules_are_linear_in_the_cotangent(name: str) -> None:
     op = ops.OPS[name]
     params = {p: 2.0 for p in op.params}
-    xs = (0.7, 1.3)[: op.arity]
+    xs = (0.7, 1.3, -0.4)[: op.arity]
     out = op.impl(*xs, **params)
     for c in (2.5, -0.75):
         base = op.vjp(1.0, out, *xs, **params)

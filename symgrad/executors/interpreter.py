@@ -28,7 +28,7 @@ BLOCK = 32  # examples per block: the innermost loops' length
 def _run_block_source() -> str:
     """``run_block``: the runs of a block, one branch per op of the table, fused sums last."""
     lines = [
-        "def run_block(runs, out, a0, a1, p, ta, tb, tu, work, acc, nb):",
+        "def run_block(runs, out, a0, a1, a2, p, ta, tb, tu, work, acc, nb):",
         '    """The tape\'s runs over one block of examples (generated from the op table)."""',
         "    for r in range(runs.shape[0]):",
         "        op = runs[r, 0]",
@@ -37,13 +37,14 @@ def _run_block_source() -> str:
     ]
     for i, (name, code) in enumerate(tape.OPCODES.items()):
         op = OPS[name]
-        expr = op.py.format(*["work[a, e]", "work[b, e]"][: op.arity], p="pk")
+        expr = op.py.format(*["work[a, e]", "work[b, e]", "work[c, e]"][: op.arity], p="pk")
         lines += [
             f"        {'if' if i == 0 else 'elif'} op == {code}:  # {name}",
             "            for k in range(lo, hi):",
             "                o = out[k]",
             "                a = a0[k]",
             "                b = a1[k]",
+            "                c = a2[k]",
             "                pk = p[k]",
             "                for e in range(nb):",
             f"                    work[o, e] = {expr}",
@@ -72,7 +73,7 @@ _namespaces: dict[bool, tuple[dict[str, Any], bool]] = {}
 
 _I1 = "int64[::1]"
 _SIG_BATCH = (
-    f"void(int64[:, ::1], {_I1}, {_I1}, {_I1}, float64[::1], {_I1}, {_I1}, {_I1}, {_I1}, "
+    f"void(int64[:, ::1], {_I1}, {_I1}, {_I1}, {_I1}, float64[::1], {_I1}, {_I1}, {_I1}, {_I1}, "
     f"{_I1}, float64[::1], {_I1}, {_I1}, int64, int64, int64, float64[::1], float64[:, ::1], "
     "int64, float64[:, ::1], float64[:, ::1], boolean)"
 )
@@ -115,7 +116,7 @@ def run_tape(tp: tape.Tape, use_jit: bool, params: np.ndarray, X: np.ndarray, n_
     n = X.shape[0]
     fn = interpreter(use_jit, parallel)
     n_chunks = max(1, min(n_chunks, (n + BLOCK - 1) // BLOCK))
-    fn(tp.runs, tp.out, tp.a0, tp.a1, tp.p, tp.ta, tp.tb, tp.tu,
+    fn(tp.runs, tp.out, tp.a0, tp.a1, tp.a2, tp.p, tp.ta, tp.tb, tp.tu,
        tp.arg_slots, tp.const_slots, tp.const_values, tp.result_slots, tp.result_b,
        tp.n_slots, BLOCK, n_chunks, params, X, n_out, values, acc, per_row)
 

@@ -15,7 +15,7 @@ import numpy as np
 from numba import prange
 
 
-def run_block(runs, out, a0, a1, p, ta, tb, tu, work, acc, nb):
+def run_block(runs, out, a0, a1, a2, p, ta, tb, tu, work, acc, nb):
     """Placeholder: the generated module defines the real one after this file's text."""
     raise NotImplementedError
 
@@ -68,7 +68,7 @@ def add_results(start, nb, n_out, result_slots, result_b, work, acc, lanes, per_
                 lanes[k, e] += work[s, e] * work[s2, e]
 
 
-def run_chunk(c, chunk_acc, tape_runs, out, a0, a1, p, ta, tb, tu,
+def run_chunk(c, chunk_acc, tape_runs, out, a0, a1, a2, p, ta, tb, tu,
               arg_slots, const_slots, const_values, result_slots, result_b,
               n_slots, block, n_chunks, params, X, n_out, values, acc, per_row):
     """Chunk `c` of the rows' blocks; its summed results go to ``chunk_acc[c]``."""
@@ -89,7 +89,7 @@ def run_chunk(c, chunk_acc, tape_runs, out, a0, a1, p, ta, tb, tu,
             s = arg_slots[params.shape[0] + j]
             for e in range(nb):
                 work[s, e] = X[start + e, j]
-        run_block(tape_runs, out, a0, a1, p, ta, tb, tu, work, dot_acc, nb)
+        run_block(tape_runs, out, a0, a1, a2, p, ta, tb, tu, work, dot_acc, nb)
         for k in range(n_out):
             s = result_slots[k]
             for e in range(nb):
@@ -111,26 +111,26 @@ def add_chunks(chunk_acc, acc, per_row):
                 acc[0, k] += chunk_acc[c, k]
 
 
-def run_batch(tape_runs, out, a0, a1, p, ta, tb, tu,
+def run_batch(tape_runs, out, a0, a1, a2, p, ta, tb, tu,
               arg_slots, const_slots, const_values, result_slots, result_b,
               n_slots, block, n_chunks, params, X, n_out, values, acc, per_row):
     """Every chunk, one after the other."""
     chunk_acc = np.zeros((n_chunks, result_slots.shape[0] - n_out))
     for c in range(n_chunks):
-        run_chunk(c, chunk_acc, tape_runs, out, a0, a1, p, ta, tb, tu,
+        run_chunk(c, chunk_acc, tape_runs, out, a0, a1, a2, p, ta, tb, tu,
                   arg_slots, const_slots, const_values, result_slots, result_b,
                   n_slots, block, n_chunks, params, X, n_out, values, acc, per_row)
     add_chunks(chunk_acc, acc, per_row)
 
 
-def run_batch_parallel(tape_runs, out, a0, a1, p, ta, tb, tu,
+def run_batch_parallel(tape_runs, out, a0, a1, a2, p, ta, tb, tu,
                        arg_slots, const_slots, const_values, result_slots, result_b,
                        n_slots, block, n_chunks, params, X, n_out, values, acc, per_row):
     """The chunks on all cores (a function of its own: Numba's disk cache does not tell a
     parallel build of `run_batch` from the serial one)."""
     chunk_acc = np.zeros((n_chunks, result_slots.shape[0] - n_out))
     for c in prange(n_chunks):
-        run_chunk(c, chunk_acc, tape_runs, out, a0, a1, p, ta, tb, tu,
+        run_chunk(c, chunk_acc, tape_runs, out, a0, a1, a2, p, ta, tb, tu,
                   arg_slots, const_slots, const_values, result_slots, result_b,
                   n_slots, block, n_chunks, params, X, n_out, values, acc, per_row)
     add_chunks(chunk_acc, acc, per_row)
