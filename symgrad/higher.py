@@ -23,7 +23,7 @@ from .engine import Value
 from .ir import Func
 from .layout import Kernel, Layout
 from .pipeline import back_end, front_end, gc_paused, record_stage
-from .trace import Traced, as_outputs
+from .trace import Traced
 
 __all__ = ["Hessian", "Hvp", "Jvp", "hessian", "hvp", "jvp"]
 
@@ -113,13 +113,12 @@ def _build(
 
     Second-order transforms (anything but "jvp") take a single output.
     """
-    outs = as_outputs(outputs)
-    if what != "jvp" and len(outs) != 1:
+    traced, stats, t0 = front_end(outputs, wrt, inputs, backend, name)
+    if what != "jvp" and len(traced.outputs) != 1:
         raise ValueError(
-            f"{what}: takes a single output Value, got {len(outs)} (a Hessian of several "
-            "outputs is a 3-D array: compile one per output)"
+            f"{what}: takes a single output Value, got {len(traced.outputs)} (a Hessian of "
+            "several outputs is a 3-D array: compile one per output)"
         )
-    traced, stats, t0 = front_end(outs, wrt, inputs, backend, name)
     t = time.perf_counter()
     func = transform(traced.func, len(traced.wrt))
     record_stage(stats, what, func, t)

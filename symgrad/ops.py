@@ -345,12 +345,17 @@ SIGN = defop(
     # abs's derivative; its own derivative is zero wherever it is defined
     "sign", 1, impl=_sign, vjp=lambda ct, out, x: (None,), kinks=(0.0,),
     py="np.float64(1.0) if {0} > 0.0 else (np.float64(-1.0) if {0} < 0.0 else {0})",
-    sympy=_sp("sign"), symbol="sign",
+    # Heaviside(0) = 1/2 makes sign(0) = 0; sympy differentiates Heaviside(f) for any f, but
+    # sign(f) only where it can prove f real
+    symbol="sign", sympy=lambda sp, x: sp.Heaviside(x) - sp.Heaviside(-x),
 )
 ABS = defop(
     # abs'(0) = 0 (sign(0) = 0, as in PyTorch): the smallest subgradient, like relu'(0) = 0
     "abs", 1, impl=math.fabs, vjp=lambda ct, out, x: (SIGN(x) * ct,),
-    py="np.abs({0})", sympy=lambda sp, x: sp.Abs(x), symbol="abs", kinks=(0.0,),
+    py="np.abs({0})", symbol="abs", kinks=(0.0,),
+    # Max(x, -x), whose sympy derivative Heaviside(2x) - Heaviside(-2x) is 0 at 0 too: sympy
+    # differentiates Abs(f) only where it can prove f real (not log(x), sqrt(x))
+    sympy=lambda sp, x: sp.Max(x, -x),
 )
 SQRT = defop(
     # sqrt'(0) = inf, the one-sided limit (and -inf at -0.0: 1 / (2 * -0.0)), as in PyTorch and

@@ -1,9 +1,10 @@
 """The compile pipeline every compiling entry point shares: validate and trace, optimise, log.
 
-Imports `engine`, `ir`, `trace`, `passes` and the registry of `executors` (for the backend
-names). `front_end` validates what `compile`, `jvp`, `hvp` and `hessian` take and traces the
-graph; `back_end` runs the passes; both record instruction counts and seconds in ``stats``. The
-whole compile runs with the cyclic garbage collector paused (`gc_paused`).
+Imports `engine`, `ir`, `trace`, `passes`, `symbolic` (sympy input) and the registry of
+`executors` (for the backend names). `front_end` validates what `compile`, `jvp`, `hvp` and
+`hessian` take and traces the graph; `back_end` runs the passes; both record instruction counts
+and seconds in ``stats``. The whole compile runs with the cyclic garbage collector paused
+(`gc_paused`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .engine import Value, topological_order
 from .executors import check_backend
 from .ir import Func, sanitize, verify
 from .passes import optimize as run_passes
+from .symbolic import from_sympy, is_sympy
 from .trace import Traced, as_outputs, trace
 
 __all__ = ["back_end", "debug", "debug_level", "front_end", "gc_paused", "record_stage"]
@@ -44,10 +46,15 @@ def front_end(
 ) -> tuple[Traced, dict[str, Any], float]:
     """Validate what every compiling entry point takes, pick the default `wrt`, and trace.
 
+    `outputs` may be sympy expressions, `wrt` and `inputs` then sympy Symbols
+    (`symbolic.from_sympy` makes them a Value graph first).
+
     Returns:
         the traced graph, a fresh `stats` dict (with the trace stage) and the start time.
     """
     check_backend(backend)
+    if is_sympy(outputs):
+        outputs, wrt, inputs = from_sympy(outputs, wrt, inputs)
     outs = as_outputs(outputs)
     inputs = _leaf_list(inputs, "inputs")
     if wrt is None:
