@@ -24,7 +24,7 @@ from tests.cases import load_example
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# ---- the optimisers against their published update rules ------------------------------------------
+# ---- the optimisers against their published update rules -----------------------------------------
 
 
 def _grads(n: int, steps: int, seed: int = 0) -> list[np.ndarray]:
