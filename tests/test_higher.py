@@ -558,7 +558,7 @@ def test_programs_have_ir_source_stats_and_safe_names() -> None:
     assert H.wrt_names == ["hess", "params_dot"]
     assert H.stats["nodes"]["final"] == len(H.ir.body)
     assert {"trace", "hessian", "fold", "final"} <= set(H.stats["nodes"])
-    assert "Hessian" in repr(H) and "2 param(s)" in repr(H)
+    assert "Hessian" in repr(H) and "2 params (hess_, params_dot_)" in repr(H)
     _, hv = sg.hvp(f, backend="python")(None, [1.0, 0.0])
     np.testing.assert_allclose(hv, H()[2][0], rtol=1e-15)
     j = sg.jvp(f, backend="python")
