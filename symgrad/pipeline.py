@@ -31,7 +31,7 @@ __all__ = [
     "record_stage", "stage",
 ]
 
-log = logging.getLogger("symgrad")
+logger = logging.getLogger("symgrad")
 
 # a compile still running after this many seconds says on stderr what it is doing, one line a
 # stage (SYMGRAD_PROGRESS=0 turns that off); quick compiles print nothing
@@ -98,7 +98,7 @@ class _Reporter:
             self.what = what
             if self.shown:
                 self._line(f"compiling {self.name}: {what}")
-        log.debug("compiling %s: %s", self.name, what)
+        logger.debug("compiling %s: %s", self.name, what)
 
     def finish(self, ok: bool) -> None:
         if self.timer is not None:
