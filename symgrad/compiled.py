@@ -8,6 +8,7 @@ Numba typing error; the executor the registry chose runs the kernels.
 
 from __future__ import annotations
 
+import html
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,12 +22,16 @@ from .engine import Value
 from .ir import Atom, Const, Func, Instr, Var, atom_text, evaluate, instr_text, names, verify
 from .layout import Kernel, Layout
 from .passes import optimize as run_passes
-from .pipeline import back_end, debug, debug_level, front_end, gc_paused, record_stage
+from .pipeline import back_end, compiling, debug, debug_level, front_end, record_stage, stage
 from .trace import Traced
 
 __all__ = ["Compiled", "Program", "compile"]
 
 REDUCTIONS = ("sum", "mean", "none")
+_PREPARING = {
+    "lines": "Numba is compiling the generated code (kept in the disk cache for next time)",
+    "tape": "loading the tape interpreter (compiled once per machine, then cached)",
+}
 _F64 = np.dtype(np.float64)
 
 
@@ -60,9 +65,10 @@ def compile(
     Returns:
         a `Compiled` function object. Leaves in neither `wrt` nor `inputs` are frozen constants.
     """
-    with gc_paused():
+    with compiling():
         traced, stats, t0 = front_end(outputs, wrt, inputs, backend, name)
         t = time.perf_counter()
+        stage(f"differentiating {len(traced.func.body):,} instructions (reverse mode)")
         grad_func = value_and_grad(traced.func, len(traced.wrt))
         record_stage(stats, "autodiff", grad_func, t)
         grad_func = back_end(grad_func, stats, optimize)
@@ -99,6 +105,8 @@ class Program:
         )
         t = time.perf_counter()
         kind = executors.select(backend, kernels)
+        how = kind.lowering if kind.name == kind.lowering else f"{kind.lowering} ({kind.name})"
+        stage(f"lowering {len(kernels[0].func.body):,} instructions to {how}")
         self.executor: executors.Executor = kind(kernels, self.name, header)
         self.lowering = kind.lowering
         stats["lowering"] = kind.lowering
@@ -109,6 +117,7 @@ class Program:
             debug(f"generated source of {self.name} ({self.lowering})", self.source)
         t = time.perf_counter()
         before = jit.CACHE_EVENTS.copy()
+        stage(_PREPARING.get(kind.name, "preparing the executor"))
         self.executor.prepare()  # JIT what the first call needs now: compile time is paid here
         stats["seconds"]["jit"] = time.perf_counter() - t
         stats.update(self.executor.stats)
@@ -213,13 +222,58 @@ class Program:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
 
     def __repr__(self) -> str:
-        sec = self.stats["seconds"].get("total", 0.0)
+        """One line: name, outputs, parameters and inputs (by IR name), instructions, backend
+        and lowering, compile seconds."""
+        outs, params, ins = self._names()
         n = self.stats["nodes"].get("final", 0)
+        sec = self.stats["seconds"].get("total", 0.0)
         return (
-            f"<{type(self).__name__} {self.name}: {self.n_params} param(s), "
-            f"{self.n_inputs} input(s), {self.n_out} output(s), {n} instructions, "
-            f"backend={self.backend}, compiled in {sec:.3f}s>"
+            f"<{type(self).__name__} {self.name}: {_listing('output', outs)}, "
+            f"{_listing('param', params)}, {_listing('input', ins)}, {n:,} instructions, "
+            f"backend {self.backend}, lowering {self.lowering}, compiled in {sec:.2f} s>"
         )
+
+    def _repr_html_(self) -> str:
+        """For notebooks: the summary as a table, the IR and the generated source folded."""
+        outs, params, ins = self._names()
+        stats = self.stats
+        rows = [
+            ("outputs", _listing("output", outs, 20)),
+            ("parameters (wrt)", _listing("param", params, 20)),
+            ("inputs", _listing("input", ins, 20)),
+            ("instructions", f"{stats['nodes'].get('trace', 0):,} traced, "
+                             f"{stats['nodes'].get('final', 0):,} after differentiation and "
+                             "the passes"),
+            ("backend", f"{self.backend} (lowering {self.lowering}, executor "
+                        f"{stats.get('executor', '?')})"),
+            ("compiled in", f"{stats['seconds'].get('total', 0.0):.2f} s"),
+        ]
+        table = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+                        f"<td style='text-align:left'>{html.escape(v)}</td></tr>" for k, v in rows)
+        parts = [f"<b>{html.escape(type(self).__name__)} {html.escape(self.name)}</b>",
+                 f"<table>{table}</table>"]
+        for title, text in (("IR", str(getattr(self, "ir", ""))), ("generated source",
+                                                                   self.source)):
+            parts.append(f"<details><summary>{title}</summary><pre>{html.escape(text)}</pre>"
+                         "</details>")
+        return "\n".join(parts)
+
+    def _names(self) -> tuple[list[str], list[str], list[str]]:
+        """The outputs', parameters' and inputs' names, as the printed IR has them."""
+        func = self.traced_ir
+        nm = names(func)
+        outs = [atom_text(r, nm) for r in func.results]
+        args = [nm[a] for a in func.args]
+        return outs, args[: self.n_params], args[self.n_params:]
+
+
+def _listing(what: str, items: list[str], show: int = 4) -> str:
+    """``3 params (w1, w2, b)``: the count and the first names."""
+    head = f"{len(items)} {what}{'' if len(items) == 1 else 's'}"
+    if not items:
+        return head
+    shown = ", ".join(items[:show]) + (", ..." if len(items) > show else "")
+    return f"{head} ({shown})"
 
 
 class Compiled(Program):

@@ -136,6 +136,24 @@ class Value:
             raise ValueError(f"Value ** exponent: {other!r:.40} is too large for a float") from None
         return self._apply(ops.POW, p=p)
 
+    def __abs__(self) -> Value:
+        """|x|, with abs'(0) = 0."""
+        return self._apply(ops.ABS)
+
+    # comparisons give a traced condition: a Value whose data is 1.0 (true) or 0.0 (false), with
+    # derivative zero, for `symgrad.where`; == and != stay identity (Values are dict keys)
+    def __lt__(self, other: Any) -> Value:
+        return self._apply(ops.LT, other)
+
+    def __le__(self, other: Any) -> Value:
+        return self._apply(ops.LE, other)
+
+    def __gt__(self, other: Any) -> Value:
+        return self._apply(ops.GT, other)
+
+    def __ge__(self, other: Any) -> Value:
+        return self._apply(ops.GE, other)
+
     def __rpow__(self, other: Any) -> Value:
         raise TypeError(
             f"{type(other).__name__} ** Value is not supported: the exponent must be an int or "
@@ -161,6 +179,10 @@ class Value:
     def sigmoid(self) -> Value:
         """1 / (1 + e ** -x)."""
         return self._apply(ops.SIGMOID)
+
+    def sqrt(self) -> Value:
+        """Square root: nan below 0 (IEEE, no exception); sqrt'(0) = inf."""
+        return self._apply(ops.SQRT)
 
     def sin(self) -> Value:
         """Sine."""
@@ -208,9 +230,15 @@ class Value:
         return f"Value(data={self.data}, grad={self.grad}{lab})"
 
     def __bool__(self) -> bool:
+        op = self._opdef
+        what = (f"the truth value of a traced condition ({self._op}) is not known at trace time"
+                if op is not None and op in ops.COMPARISONS.values()
+                else "the truth value of a Value is not traced")
         raise TypeError(
-            "the truth value of a Value is ambiguous: compare .data instead "
-            "(control flow is not traced)"
+            f"{what}: a Python `if`, `and`, `or`, `while`, `max()` or `sorted()` would fix one "
+            "branch for every later call. Select between Values with sg.where(a > b, x, y) "
+            "(or sg.maximum, sg.minimum, abs); branch on .data only where the branch must not "
+            "follow the data"
         )
 
 

@@ -22,15 +22,15 @@ from .compiled import Program
 from .engine import Value
 from .ir import Func
 from .layout import Kernel, Layout
-from .pipeline import back_end, front_end, gc_paused, record_stage
-from .trace import Traced, as_outputs
+from .pipeline import back_end, compiling, front_end, record_stage, stage
+from .trace import Traced
 
 __all__ = ["Hessian", "Hvp", "Jvp", "hessian", "hvp", "jvp"]
 
 ProgramT = TypeVar("ProgramT", bound=Program)
 
 
-@gc_paused()
+@compiling()
 def jvp(
     outputs: Value | Iterable[Value],
     wrt: Sequence[Value] | None = None,
@@ -52,7 +52,7 @@ def jvp(
     return _build(Jvp, jvp_transform, "jvp", outputs, wrt, inputs, backend, optimize, name)
 
 
-@gc_paused()
+@compiling()
 def hvp(
     out: Value,
     wrt: Sequence[Value] | None = None,
@@ -76,7 +76,7 @@ def hvp(
     return _build(Hvp, hvp_transform, "hvp", out, wrt, inputs, backend, optimize, name)
 
 
-@gc_paused()
+@compiling()
 def hessian(
     out: Value,
     wrt: Sequence[Value] | None = None,
@@ -113,14 +113,14 @@ def _build(
 
     Second-order transforms (anything but "jvp") take a single output.
     """
-    outs = as_outputs(outputs)
-    if what != "jvp" and len(outs) != 1:
+    traced, stats, t0 = front_end(outputs, wrt, inputs, backend, name)
+    if what != "jvp" and len(traced.outputs) != 1:
         raise ValueError(
-            f"{what}: takes a single output Value, got {len(outs)} (a Hessian of several "
-            "outputs is a 3-D array: compile one per output)"
+            f"{what}: takes a single output Value, got {len(traced.outputs)} (a Hessian of "
+            "several outputs is a 3-D array: compile one per output)"
         )
-    traced, stats, t0 = front_end(outs, wrt, inputs, backend, name)
     t = time.perf_counter()
+    stage(f"differentiating {len(traced.func.body):,} instructions ({what})")
     func = transform(traced.func, len(traced.wrt))
     record_stage(stats, what, func, t)
     return cls(traced, back_end(func, stats, optimize), backend, stats, t0)

@@ -9,6 +9,7 @@ only hints; printing is deterministic.
 from __future__ import annotations
 
 import builtins
+import html
 import keyword
 import math
 import re
@@ -88,6 +89,9 @@ class Instr:
         """The static parameters by name, e.g. ``{"p": 2.0}`` for pow."""
         return dict(zip(OPS[self.op].params, self.params, strict=True))
 
+    def __repr__(self) -> str:  # the IR line with raw names, never a nested dataclass dump
+        return f"Instr({instr_text(self, {})})"
+
 
 @dataclass(frozen=True)
 class Func:
@@ -100,6 +104,12 @@ class Func:
 
     def __str__(self) -> str:
         return to_text(self)
+
+    def __repr__(self) -> str:  # in a notebook or a REPL, the printed IR
+        return to_text(self)
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(to_text(self))}</pre>"
 
     def __len__(self) -> int:
         return len(self.body)
@@ -415,8 +425,11 @@ def names(func: Func) -> dict[Var, str]:
 
 
 def atom_text(a: Atom, nm: dict[Var, str]) -> str:
-    """An atom as printed in the IR and in generated source (``_``: a Var no longer there)."""
-    return format_literal(a.value) if isinstance(a, Const) else nm.get(a, "_")
+    """An atom as printed in the IR and in generated source (``_``: a Var no longer there;
+    an empty `nm` prints every Var as ``v{id}``)."""
+    if isinstance(a, Const):
+        return format_literal(a.value)
+    return nm.get(a, "_") if nm else repr(a)
 
 
 def instr_text(ins: Instr, nm: dict[Var, str]) -> str:

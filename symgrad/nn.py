@@ -1,7 +1,9 @@
 """Module, Neuron, Layer and MLP: the lecture's neural network library, built on `Value`.
 
-Imports only `symgrad.engine`. Initialisation draws from Python's `random` in the lecture's order
-(each neuron's weights w0..wn-1, then its bias), so `random.seed(s)` rebuilds the lecture's model.
+Imports only `symgrad.engine` (and numpy). Initialisation draws from Python's `random` in the
+lecture's order (each neuron's weights w0..wn-1, then its bias), so `random.seed(s)` rebuilds the
+lecture's model. `parameters_to_vector` and `vector_to_parameters` (PyTorch's names) carry
+parameter values between a model's leaves and the float64 vector compiled code trains.
 """
 
 from __future__ import annotations
@@ -10,9 +12,14 @@ import random
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from .engine import Value
 
-__all__ = ["ACTIVATIONS", "MLP", "Layer", "Module", "Neuron"]
+__all__ = [
+    "ACTIVATIONS", "MLP", "Layer", "Module", "Neuron", "parameters_to_vector",
+    "vector_to_parameters",
+]
 
 # activation name -> the repr prefix micrograd uses ("TanhNeuron(3)", "ReLUNeuron(3)", ...)
 ACTIVATIONS: dict[str, str] = {
@@ -189,3 +196,59 @@ class MLP(Module):
 
     def __repr__(self) -> str:
         return f"MLP of [{', '.join(str(layer) for layer in self.layers)}]"
+
+
+# ---- parameters <-> one vector ------------------------------------------------------------------
+
+
+def _parameter_list(params: Iterable[Value] | Module, what: str) -> list[Value]:
+    if isinstance(params, Module):
+        params = params.parameters()
+    if isinstance(params, (Value, str, bytes)) or not isinstance(params, Iterable):
+        raise TypeError(
+            f"{what}: params must be a list of Values (e.g. model.parameters()), "
+            f"got {type(params).__name__}"
+        )
+    out = list(params)
+    for i, p in enumerate(out):
+        if not isinstance(p, Value):
+            raise TypeError(f"{what}: params[{i}] is {type(p).__name__} {p!r:.40}, not a Value")
+    return out
+
+
+def parameters_to_vector(params: Iterable[Value] | Module) -> np.ndarray:
+    """The parameters' ``.data`` as one float64 vector, in their order (PyTorch's name).
+
+    Args:
+        params: Values, e.g. ``model.parameters()`` (a `Module` itself is taken too).
+    Returns:
+        a new 1-D float64 array: what ``sg.compile(loss, wrt=params)`` takes as ``params``.
+    """
+    ps = _parameter_list(params, "parameters_to_vector")
+    return np.array([p.data for p in ps], dtype=np.float64)
+
+
+def vector_to_parameters(vec: Any, params: Iterable[Value] | Module) -> None:
+    """Write a vector back into the parameters' ``.data``, in order (PyTorch's name).
+
+    After training with compiled code (``sg.fit``, an optimiser, scipy), this puts the trained
+    values into the model, so ``model(x)`` and a new ``sg.compile`` use them.
+
+    Args:
+        vec: ``len(params)`` real numbers.
+        params: the Values to update, e.g. ``model.parameters()`` (or the `Module`).
+    """
+    ps = _parameter_list(params, "vector_to_parameters")
+    try:
+        v = np.asarray(vec)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"vector_to_parameters: vec is not an array of numbers ({e})") from None
+    if v.dtype.kind not in "iuf":
+        raise TypeError(f"vector_to_parameters: vec must hold real numbers, got dtype {v.dtype}")
+    if v.ndim != 1 or v.shape[0] != len(ps):
+        raise ValueError(
+            f"vector_to_parameters: vec must be a 1-D vector of {len(ps)} value(s) (one per "
+            f"parameter), got shape {v.shape}"
+        )
+    for p, x in zip(ps, v.tolist(), strict=True):
+        p.data = float(x)

@@ -16,6 +16,7 @@ is inf.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +44,11 @@ class OpDef:
         params: names of static (non-differentiable) float parameters, e.g. pow's exponent.
         domain: where tests may sample operands (the rule and sympy agree there).
         commutative: operands may be swapped (CSE canonicalises their order).
-        kinks: points where the derivative is a convention, kept away from in sympy tests.
+        kinks: values of the op's kink coordinate where its derivative is a convention or its
+            value jumps (relu at 0, max at a tie, a comparison where its operands are equal);
+            sympy oracles and finite differences are kept away from them.
+        kink_coordinate: the quantity `kinks` are values of, from the operands; None means the
+            first operand (``a - b`` for max, min and the comparisons).
     """
 
     name: str
@@ -57,6 +62,7 @@ class OpDef:
     domain: tuple[float, float] = (-math.inf, math.inf)
     commutative: bool = False
     kinks: tuple[float, ...] = field(default=())
+    kink_coordinate: Callable[..., float] | None = None
 
     def __call__(self, *args: Any, **params: float) -> Any:
         """Apply the op to floats (eagerly), Values (builds a graph) or IR handles (emits)."""
@@ -65,6 +71,13 @@ class OpDef:
     def op_symbol(self, params: dict[str, float]) -> str:
         """The micrograd-style ``_op`` string for this op with these parameters."""
         return self.symbol.format(**{k: _short(v) for k, v in params.items()})
+
+    def kink_offsets(self, *xs: float) -> tuple[float, ...]:
+        """How far the operands `xs` are from each kink, signed: ``coordinate - kink``."""
+        if not self.kinks:
+            return ()
+        c = xs[0] if self.kink_coordinate is None else self.kink_coordinate(*xs)
+        return tuple(c - k for k in self.kinks)
 
     def __repr__(self) -> str:
         return f"OpDef({self.name!r}, arity={self.arity})"
@@ -209,6 +222,43 @@ def _trig(f: Callable[[float], float]) -> Callable[[float], float]:
     return impl
 
 
+def _sqrt(x: float) -> float:
+    # IEEE: sqrt(-0.0) is -0.0; below zero (and of nan) nan, where math.sqrt raises
+    return math.sqrt(x) if x >= 0.0 else math.nan
+
+
+def _sign(x: float) -> float:
+    # a zero keeps its sign and nan stays nan (the derivative of abs there)
+    return 1.0 if x > 0.0 else -1.0 if x < 0.0 else x
+
+
+def _maximum(x: float, y: float) -> float:
+    # numpy's rule: a nan operand gives nan, a tie gives x (so maximum(-0.0, 0.0) is -0.0)
+    return x if (x >= y or x != x) else y
+
+
+def _minimum(x: float, y: float) -> float:
+    return x if (x <= y or x != x) else y
+
+
+def _where(c: float, x: float, y: float) -> float:
+    # any nonzero condition selects x, nan included (as bool(nan) and numpy's where do)
+    return x if c != 0.0 else y
+
+
+def _difference(x: float, y: float) -> float:
+    return x - y
+
+
+def _condition(sp: Any, c: Any) -> Any:
+    """A condition for a sympy Piecewise: a comparison's own relation, else ``c != 0``."""
+    if isinstance(c, sp.Piecewise) and len(c.args) == 2 and c.args[1].cond == sp.true:
+        (one, rel), (zero, _) = c.args
+        if one == 1 and zero == 0:
+            return rel
+    return sp.Ne(c, 0)
+
+
 def _sp(name: str) -> Callable[..., Any]:
     """A sympy counterpart that is a plain sympy function of the same operands."""
     return lambda sp, *a: getattr(sp, name)(*a)
@@ -286,3 +336,90 @@ COS: OpDef = defop(
     "cos", 1, impl=_trig(math.cos), vjp=lambda ct, out, x: (-(SIN(x) * ct),),
     py="np.cos({0})", sympy=_sp("cos"), symbol="cos",
 )
+
+
+# ---- piecewise ops: kinks, comparisons and selection ---------------------------------------------
+# a comparison is a traced condition: a Value whose data is 1.0 (true) or 0.0 (false), derivative
+# zero; `where` selects between two operands by it. A rule that selects (max, min, where) gives
+# the cotangent to the chosen operand and a literal 0.0 to the other, so an inf or nan in the
+# other's own derivative still makes the gradient nan through 0 * inf (as in JAX).
+
+SIGN = defop(
+    # abs's derivative; its own derivative is zero wherever it is defined
+    "sign", 1, impl=_sign, vjp=lambda ct, out, x: (None,), kinks=(0.0,),
+    py="np.float64(1.0) if {0} > 0.0 else (np.float64(-1.0) if {0} < 0.0 else {0})",
+    # Heaviside(0) = 1/2 makes sign(0) = 0; sympy differentiates Heaviside(f) for any f, but
+    # sign(f) only where it can prove f real
+    symbol="sign", sympy=lambda sp, x: sp.Heaviside(x) - sp.Heaviside(-x),
+)
+ABS = defop(
+    # abs'(0) = 0 (sign(0) = 0, as in PyTorch): the smallest subgradient, like relu'(0) = 0
+    "abs", 1, impl=math.fabs, vjp=lambda ct, out, x: (SIGN(x) * ct,),
+    py="np.abs({0})", symbol="abs", kinks=(0.0,),
+    # Max(x, -x), whose sympy derivative Heaviside(2x) - Heaviside(-2x) is 0 at 0 too: sympy
+    # differentiates Abs(f) only where it can prove f real (not log(x), sqrt(x))
+    sympy=lambda sp, x: sp.Max(x, -x),
+)
+SQRT = defop(
+    # sqrt'(0) = inf, the one-sided limit (and -inf at -0.0: 1 / (2 * -0.0)), as in PyTorch and
+    # JAX; the rule reads the output, one division as PyTorch's grad / (2 * result)
+    "sqrt", 1, impl=_sqrt, vjp=lambda ct, out, x: (DIV(ct, 2.0 * out),),
+    py="np.sqrt({0})", sympy=_sp("sqrt"), symbol="sqrt", domain=(0.0, math.inf), kinks=(0.0,),
+)
+
+
+def _compare(name: str, symbol: str, relation: str) -> OpDef:
+    """A comparison (`operator`'s `name`, sympy's `relation`): 1.0 where it holds, else 0.0
+    (nan compares false); derivative zero. Its kink is where the operands are equal: the value
+    jumps there."""
+    test = getattr(operator, name)
+    return defop(
+        name, 2, impl=lambda x, y: 1.0 if test(x, y) else 0.0,
+        vjp=lambda ct, out, x, y: (None, None),
+        py=f"np.float64(1.0) if {{0}} {symbol} {{1}} else np.float64(0.0)", symbol=symbol,
+        sympy=lambda sp, x, y: sp.Piecewise((1, getattr(sp, relation)(x, y)), (0, True)),
+        kinks=(0.0,), kink_coordinate=_difference,
+    )
+
+
+LT = _compare("lt", "<", "Lt")
+LE = _compare("le", "<=", "Le")
+GT = _compare("gt", ">", "Gt")
+GE = _compare("ge", ">=", "Ge")
+
+WHERE: OpDef = defop(
+    # where(c, x, y) is x where c != 0 (nan counts as true), else y. The derivative flows to the
+    # chosen operand only and never to the condition; its kink is the jump at c = 0
+    "where", 3, impl=_where,
+    vjp=lambda ct, out, c, x, y: (None, WHERE(c, ct, 0.0), WHERE(c, 0.0, ct)),
+    py="np.float64({1}) if {0} != 0.0 else np.float64({2})", symbol="where", kinks=(0.0,),
+    sympy=lambda sp, c, x, y: sp.Piecewise((x, _condition(sp, c)), (y, True)),
+)
+
+
+def _maximum_vjp(ct: Any, out: Any, x: Any, y: Any) -> tuple[Any, Any]:
+    lose = LT(x, y)  # y is the maximum
+    return WHERE(lose, 0.0, ct), WHERE(lose, ct, 0.0)
+
+
+def _minimum_vjp(ct: Any, out: Any, x: Any, y: Any) -> tuple[Any, Any]:
+    lose = GT(x, y)  # y is the minimum
+    return WHERE(lose, 0.0, ct), WHERE(lose, ct, 0.0)
+
+
+MAXIMUM = defop(
+    # at a tie the whole derivative goes to x, the first operand (as where(x >= y, x, y) gives);
+    # so it does when either operand is nan (the value is nan then)
+    "maximum", 2, impl=_maximum, vjp=_maximum_vjp,
+    py="np.float64({0}) if {0} >= {1} or {0} != {0} else np.float64({1})",
+    sympy=lambda sp, x, y: sp.Max(x, y), symbol="max", kinks=(0.0,), kink_coordinate=_difference,
+)
+MINIMUM = defop(
+    # at a tie (and with a nan operand) the derivative goes to x, as for maximum
+    "minimum", 2, impl=_minimum, vjp=_minimum_vjp,
+    py="np.float64({0}) if {0} <= {1} or {0} != {0} else np.float64({1})",
+    sympy=lambda sp, x, y: sp.Min(x, y), symbol="min", kinks=(0.0,), kink_coordinate=_difference,
+)
+
+# the comparisons, by the Python operator that makes them on Values
+COMPARISONS: dict[str, OpDef] = {"<": LT, "<=": LE, ">": GT, ">=": GE}

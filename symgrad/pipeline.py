@@ -1,17 +1,20 @@
 """The compile pipeline every compiling entry point shares: validate and trace, optimise, log.
 
-Imports `engine`, `ir`, `trace`, `passes` and the registry of `executors` (for the backend
-names). `front_end` validates what `compile`, `jvp`, `hvp` and `hessian` take and traces the
-graph; `back_end` runs the passes; both record instruction counts and seconds in ``stats``. The
-whole compile runs with the cyclic garbage collector paused (`gc_paused`).
+Imports `engine`, `ir`, `trace`, `passes`, `symbolic` (sympy input) and the registry of
+`executors` (for the backend names). `front_end` validates what `compile`, `jvp`, `hvp` and
+`hessian` take and traces the graph; `back_end` runs the passes; both record instruction counts
+and seconds in ``stats``. The whole compile runs inside `compiling`: the cyclic garbage collector
+paused, and a slow compile saying what it is doing (`stage`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -20,9 +23,94 @@ from .engine import Value, topological_order
 from .executors import check_backend
 from .ir import Func, sanitize, verify
 from .passes import optimize as run_passes
+from .symbolic import from_sympy, is_sympy
 from .trace import Traced, as_outputs, trace
 
-__all__ = ["back_end", "debug", "debug_level", "front_end", "gc_paused", "record_stage"]
+__all__ = [
+    "PROGRESS_AFTER", "back_end", "compiling", "debug", "debug_level", "front_end", "gc_paused",
+    "record_stage", "stage",
+]
+
+logger = logging.getLogger("symgrad")
+
+# a compile still running after this many seconds says on stderr what it is doing, one line a
+# stage (SYMGRAD_PROGRESS=0 turns that off); quick compiles print nothing
+PROGRESS_AFTER = 2.0
+
+
+@contextlib.contextmanager
+def compiling() -> Iterator[None]:
+    """The scope of one compile: the garbage collector paused (`gc_paused`) and, after
+    `PROGRESS_AFTER` seconds, a line on stderr for each stage it enters (`stage`)."""
+    outer = getattr(_local, "reporter", None)
+    if outer is not None:  # a compile inside a compile reports as part of the outer one
+        with gc_paused():
+            yield
+        return
+    reporter = _Reporter()
+    _local.reporter = reporter
+    ok = False
+    try:
+        with gc_paused():
+            yield
+        ok = True
+    finally:
+        _local.reporter = None
+        reporter.finish(ok)
+
+
+def stage(what: str, name: str | None = None) -> None:
+    """Say what the current compile (if any) is doing now: on stderr once it has been running
+    for `PROGRESS_AFTER` seconds, and to the ``symgrad`` logger at DEBUG level always."""
+    reporter = getattr(_local, "reporter", None)
+    if reporter is not None:
+        reporter.stage(what, name)
+
+
+_local = threading.local()
+
+
+class _Reporter:
+    """The progress lines of one compile; a timer thread shows the stage once it is late."""
+
+    def __init__(self) -> None:
+        self.name = "f"
+        self.what: str | None = None  # no stage yet
+        self.t0 = time.perf_counter()
+        self.shown = self.finished = False
+        self.lock = threading.Lock()
+        self.timer: threading.Timer | None = None
+        if os.environ.get("SYMGRAD_PROGRESS", "1").strip().lower() not in ("0", "false", "off"):
+            self.timer = threading.Timer(PROGRESS_AFTER, self._late)
+            self.timer.daemon = True
+            self.timer.start()
+
+    def _late(self) -> None:
+        with self.lock:
+            if not self.finished:
+                self.shown = True
+                if self.what is not None:
+                    self._line(f"compiling {self.name}: {self.what}")
+
+    def stage(self, what: str, name: str | None) -> None:
+        with self.lock:
+            self.name = name or self.name
+            self.what = what
+            if self.shown:
+                self._line(f"compiling {self.name}: {what}")
+        logger.debug("compiling %s: %s", self.name, what)
+
+    def finish(self, ok: bool) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        with self.lock:
+            self.finished = True
+            if self.shown:
+                self._line(f"compiled {self.name}" if ok else f"compiling {self.name} failed")
+
+    def _line(self, text: str) -> None:
+        print(f"symgrad: {text} ({time.perf_counter() - self.t0:.1f} s)", file=sys.stderr,
+              flush=True)
 
 
 @contextlib.contextmanager
@@ -44,10 +132,16 @@ def front_end(
 ) -> tuple[Traced, dict[str, Any], float]:
     """Validate what every compiling entry point takes, pick the default `wrt`, and trace.
 
+    `outputs` may be sympy expressions, `wrt` and `inputs` then sympy Symbols
+    (`symbolic.from_sympy` makes them a Value graph first).
+
     Returns:
         the traced graph, a fresh `stats` dict (with the trace stage) and the start time.
     """
     check_backend(backend)
+    stage("tracing the graph", _func_name(name))
+    if is_sympy(outputs):
+        outputs, wrt, inputs = from_sympy(outputs, wrt, inputs)
     outs = as_outputs(outputs)
     inputs = _leaf_list(inputs, "inputs")
     if wrt is None:
@@ -69,6 +163,7 @@ def back_end(func: Func, stats: dict[str, Any], optimize: bool) -> Func:
     if debug_level() >= 1:
         debug(f"before the passes ({len(func.body)} instructions)", func)
     if optimize:
+        stage(f"optimising {len(func.body):,} instructions (folding, simplification, CSE, DCE)")
         t = time.perf_counter()
         hook = (lambda name, f: debug(f"after {name}", f)) if debug_level() >= 1 else None
         func, log = run_passes(func, on_pass=hook)

@@ -46,8 +46,9 @@ class Tape:
             summed over the block without being stored.
         const_slots, const_values: slots filled with literals once per call.
         runs: ``(n_runs, 3)`` int64: opcode, first and last+1 index into the instruction arrays.
-        out, a0, a1: per-instruction slots (a1 is 0 for unary ops); for a fused sum (`DOT`),
-            a0 and a1 delimit its terms in ``ta``, ``tb``, ``tu``.
+        out, a0, a1, a2: per-instruction slots of the result and the operands (0 where an op
+            has fewer operands); for a fused sum (`DOT`), a0 and a1 delimit its terms in
+            ``ta``, ``tb``, ``tu``.
         p: per-instruction static parameter (pow's exponent; 0.0 when unused).
         ta, tb, tu: the terms ``work[ta] * work[tb]`` of fused sums; ``tu`` marks a ``tb`` that is
             the same for every example (a parameter or a literal), read once.
@@ -63,6 +64,7 @@ class Tape:
     out: np.ndarray
     a0: np.ndarray
     a1: np.ndarray
+    a2: np.ndarray
     p: np.ndarray
     ta: np.ndarray
     tb: np.ndarray
@@ -303,7 +305,8 @@ def _pack(func: Func, steps: list[_Step], runs: _Runs, sl: _Slots,
           reduced: dict[Atom, tuple[Atom, Atom]]) -> Tape:
     """The runs as flat index arrays, in run order."""
     n = len(steps)
-    out, a0, a1 = (np.zeros(n, np.int64) for _ in range(3))
+    out, a0, a1, a2 = (np.zeros(n, np.int64) for _ in range(4))
+    operand_slots = (a0, a1, a2)
     p = np.zeros(n, np.float64)
     ta: list[int] = []
     tb: list[int] = []
@@ -325,8 +328,11 @@ def _pack(func: Func, steps: list[_Step], runs: _Runs, sl: _Slots,
                     tu.append(int(sy in sl.uniform))
                 a1[pos] = len(ta)
             else:
-                a0[pos] = sl.slot_of[_key(st.args[0])]
-                a1[pos] = sl.slot_of[_key(st.args[1])] if len(st.args) > 1 else 0
+                if len(st.args) > len(operand_slots):
+                    raise ValueError(f"the tape holds ops of up to {len(operand_slots)} "
+                                     f"operands, not {len(st.args)}")
+                for arr, a in zip(operand_slots, st.args, strict=False):
+                    arr[pos] = sl.slot_of[_key(a)]
                 p[pos] = st.p
             pos += 1
         run_rows[g] = (runs.keys[g][1], pos - len(members), pos)
@@ -342,7 +348,7 @@ def _pack(func: Func, steps: list[_Step], runs: _Runs, sl: _Slots,
         ),
         const_slots=np.array([slot[k] for k in sl.consts], np.int64),
         const_values=np.array(list(sl.consts.values()), np.float64),
-        runs=run_rows, out=out, a0=a0, a1=a1, p=p,
+        runs=run_rows, out=out, a0=a0, a1=a1, a2=a2, p=p,
         ta=np.array(ta, np.int64), tb=np.array(tb, np.int64), tu=np.array(tu, np.int64),
     )
 

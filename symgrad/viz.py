@@ -6,6 +6,8 @@ it), so `import symgrad` stays light and works without graphviz's `dot` program.
 
 from __future__ import annotations
 
+import functools
+import html
 import shutil
 import warnings
 from collections.abc import Iterable
@@ -25,6 +27,50 @@ __all__ = ["draw_dot", "draw_ir", "render"]
 _RECORD_SPECIAL = frozenset('{}|<>"\\')
 # inside a plain quoted label only the quote and the escape character are special
 _PLAIN_SPECIAL = frozenset('"\\')
+
+
+NO_DOT = (
+    "graphviz's `dot` program was not found, so this drawing cannot be shown as an image. "
+    "Install it (Debian/Ubuntu: apt-get install graphviz; conda: conda install -c conda-forge "
+    "graphviz; macOS: brew install graphviz) and display it again; `.source` holds the dot text "
+    "meanwhile, and symgrad.viz.render(drawing, path) writes it to a file."
+)
+
+
+@functools.cache
+def _drawing_class() -> type[graphviz.Digraph]:
+    """`graphviz.Digraph` that, displayed in Jupyter without `dot`, shows `NO_DOT` and its dot
+    source instead of raising ExecutableNotFound (made on first use: graphviz loads lazily)."""
+    import graphviz
+
+    class Drawing(graphviz.Digraph):  # type: ignore[misc]
+        """A graphviz.Digraph that degrades to text where `dot` is missing."""
+
+        def _repr_mimebundle_(self, include: Any = None, exclude: Any = None,
+                              **kw: Any) -> dict[str, Any]:
+            try:
+                return super()._repr_mimebundle_(include, exclude, **kw)  # type: ignore[no-any-return]
+            except (graphviz.ExecutableNotFound, FileNotFoundError):
+                return _without_dot(self.source)
+
+    # importable as symgrad.viz.Drawing (the module's __getattr__ makes it), so drawings pickle
+    Drawing.__module__, Drawing.__qualname__ = __name__, "Drawing"
+    return Drawing
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Drawing":
+        return _drawing_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _without_dot(source: str) -> dict[str, str]:
+    """What a drawing displays when `dot` is missing: the message, then its dot source."""
+    return {
+        "text/plain": f"{NO_DOT}\n\n{source}",
+        "text/html": (f"<p><b>symgrad:</b> {html.escape(NO_DOT)}</p><details><summary>dot "
+                      f"source</summary><pre>{html.escape(source)}</pre></details>"),
+    }
 
 
 def _escape(text: str, special: frozenset[str]) -> str:
@@ -57,15 +103,16 @@ def draw_dot(
         format: the output format used when the drawing is rendered (``"svg"``, ``"png"``).
 
     Returns:
-        A ``graphviz.Digraph``; it displays inline in Jupyter, ``.source`` is the dot text,
-        and `render` writes it to a file. Node names are positions in the topological order,
-        so equal graphs give identical source.
+        A ``graphviz.Digraph``; it displays inline in Jupyter (without graphviz's ``dot``
+        program, as a message saying how to install it, and the dot text), ``.source`` is the
+        dot text, and `render` writes it to a file. Node names are positions in the
+        topological order, so equal graphs give identical source.
     """
     import graphviz
 
     nodes = topological_order(as_outputs(root, "draw_dot: root"))
     index = {id(n): i for i, n in enumerate(nodes)}
-    dot = graphviz.Digraph(format=format, graph_attr={"rankdir": rankdir})
+    dot = _drawing_class()(format=format, graph_attr={"rankdir": rankdir})
     for i, n in enumerate(nodes):
         fields = [f"data {n.data:.4f}", f"grad {n.grad:.4f}"]
         if n.label:
@@ -93,7 +140,6 @@ def draw_ir(func: Func | Any, rankdir: str = "LR", format: str = "svg") -> graph
             result).
         rankdir, format: as for `draw_dot`.
     """
-    import graphviz
 
     f = getattr(func, "ir", func)
     if not isinstance(f, Func):
@@ -104,7 +150,7 @@ def draw_ir(func: Func | Any, rankdir: str = "LR", format: str = "svg") -> graph
     def nid(v: Var) -> str:  # graphviz ids: values, literals and results never share one
         return "n_" + nm[v]
 
-    dot = graphviz.Digraph(format=format, graph_attr={"rankdir": rankdir})
+    dot = _drawing_class()(format=format, graph_attr={"rankdir": rankdir})
     for a in f.args:
         dot.node(nid(a), nm[a], shape="box")
     for ins in f.body:

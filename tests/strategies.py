@@ -10,7 +10,9 @@ to a small one; `str(program)` prints it for assertion messages.
 its domain at those values, away from singularities, kinks and overflow, so that every oracle
 (sympy, finite differences, micrograd) is defined there. An op whose operands are unsafe gets
 each operand routed through a guard ``1 / (u*u + 1) + 0.5`` (values in (0.5, 1.5], built from
-micrograd's ops only), which makes every op of the table safe. `programs(safe=False)` draws
+micrograd's ops only), which makes every op of the table safe (a tie such as ``max(v, v)`` takes
+a literal for its second operand). A safe `where` selects by a fresh comparison, so both of its
+branches are taken. `programs(safe=False)` draws
 unrestricted programs for the IEEE tests (nan, inf, -0.0 and all).
 """
 
@@ -99,15 +101,15 @@ def evaluate(program: Program, inputs: Sequence[float]) -> list[float]:
     return vals
 
 
-def kink_signature(program: Program, inputs: Sequence[float]) -> tuple[bool, ...]:
-    """Which side of its kinks each kinked op's operand lies on (compare across FD stencils)."""
+def kink_signature(program: Program, inputs: Sequence[float]) -> tuple[int, ...]:
+    """On which side of its kinks (-1, 0 on it, 1) each kinked op lies: a step whose side
+    changes inside an FD stencil has no difference quotient there (relu crossing 0, a
+    comparison flipping, where's condition leaving 0)."""
     vals = evaluate(program, inputs)
     sig = []
     for s in program.steps:
-        for kink in OPS[s.op].kinks:
-            for a in s.args:
-                x = vals[a] if isinstance(a, int) else a
-                sig.append(x > kink)
+        xs = [vals[a] if isinstance(a, int) else a for a in s.args]
+        sig += [(d > 0) - (d < 0) for d in OPS[s.op].kink_offsets(*xs)]
     return tuple(sig)
 
 
@@ -181,18 +183,25 @@ def _safe(
     op: str, xs: Sequence[float], params: Sequence[float], out: float,
     max_magnitude: float = MAX_MAGNITUDE,
 ) -> bool:
-    """Whether `op` at operands `xs` is well inside its domain, off its kinks, without overflow."""
+    """Whether `op` at operands `xs` is well inside its domain, off its kinks, without overflow.
+
+    A `where` whose condition is a comparison's 0.0 (`_condition_steps`) is safe: the condition
+    stays 0.0 under small changes of the leaves, since the comparison is off its own kink.
+    """
     d = OPS[op]
     if not math.isfinite(out) or abs(out) > max_magnitude:
         return False
     lo, hi = d.domain
-    for x in xs:
+    values = xs[1:] if op == "where" else xs  # where's condition is not in its domain
+    for x in values:
         if not (lo + DOMAIN_MARGIN <= x if math.isfinite(lo) else True):
             return False
         if not (x <= hi - DOMAIN_MARGIN if math.isfinite(hi) else True):
             return False
-        if any(abs(x - k) < KINK_MARGIN for k in d.kinks):
-            return False
+    if op == "where" and xs[0] in (0.0, 1.0):
+        pass  # a comparison's result (programs() makes every safe condition one)
+    elif any(abs(k) < KINK_MARGIN for k in d.kink_offsets(*xs)):
+        return False
     if op == "div" and abs(xs[1]) < 0.25:
         return False
     if op == "pow":
@@ -203,6 +212,41 @@ def _safe(
             return False
     # saturated tanh/sigmoid: the rules' 1 - out*out and out*(1 - out) keep no significant digits
     return not (op in ("tanh", "sigmoid") and abs(xs[0]) > 5.0)
+
+
+COMPARISONS = ("ge", "gt", "le", "lt")
+
+
+def _make_safe(
+    op: str, args: list[int | float], params: tuple[float, ...], vals: list[float],
+    push: Callable[[Step], int],
+) -> list[int]:
+    """Route `args` through guards (in place) unless `op` is safe on them already; a guarded
+    tie (max(v, v), v < v) takes the literal 2.0, which no guard reaches. Returns the guards'
+    results."""
+    xs = [vals[a] if isinstance(a, int) else a for a in args]
+    if _safe(op, xs, params, OPS[op].impl(*xs, **_params(op, params))):
+        return []
+    made = []
+    for i, a in enumerate(args):
+        if isinstance(a, int) and not (op == "where" and i == 0):
+            for g in _guard_steps(a, len(vals)):
+                push(g)
+            args[i] = len(vals) - 1
+            made.append(args[i])
+    xs = [vals[a] if isinstance(a, int) else a for a in args]
+    if not _safe(op, xs, params, OPS[op].impl(*xs, **_params(op, params))):
+        args[-1] = 2.0
+    return made
+
+
+def _safe_step(
+    op: str, args: list[int | float], params: tuple[float, ...], vals: list[float],
+    push: Callable[[Step], int],
+) -> int:
+    """Push ``op(args)``, made safe, and return its value's index."""
+    _make_safe(op, args, params, vals, push)
+    return push(Step(op, tuple(args), params))
 
 
 def _guard_steps(u: int, first: int) -> list[Step]:
@@ -260,18 +304,16 @@ def programs(
         d = OPS[op]
         params = tuple(draw(st.sampled_from(POW_EXPONENTS)) for _ in d.params)
         args: list[int | float] = [draw(st.sampled_from(pickable)) for _ in range(d.arity)]
-        if d.arity == 2 and draw(st.integers(0, 4)) == 0:
-            args[draw(st.integers(0, 1))] = draw(st.sampled_from(LITERALS))
+        if d.arity >= 2 and draw(st.integers(0, 4)) == 0:
+            args[draw(st.integers(0, d.arity - 1))] = draw(st.sampled_from(LITERALS))
+        if safe and op == "where":
+            # a condition that holds still: a comparison of two drawn values, made safe
+            cmp = draw(st.sampled_from(COMPARISONS))
+            pair = [draw(st.sampled_from(pickable)) for _ in range(2)]
+            args[0] = _safe_step(cmp, pair, (), vals, push)
+            pickable.append(args[0])
         if safe:
-            xs = [vals[a] if isinstance(a, int) else a for a in args]
-            out = d.impl(*xs, **_params(op, params))
-            if not _safe(op, xs, params, out):
-                for i, a in enumerate(args):
-                    if isinstance(a, int):
-                        for g in _guard_steps(a, len(vals)):
-                            push(g)
-                        args[i] = len(vals) - 1
-                        pickable.append(args[i])
+            pickable += _make_safe(op, args, params, vals, push)
         pickable.append(push(Step(op, tuple(args), params)))
     outputs = [len(vals) - 1]
     outputs += [draw(st.sampled_from(pickable)) for _ in range(n_outputs - 1)]

@@ -156,12 +156,14 @@ def test_targets_say_met_not_met_and_why_not_measured() -> None:
 
 
 @pytest.mark.slow
-def test_moons_trains_a_few_steps(tmp_path: Path) -> None:
+def test_moons_trains_a_few_epochs(tmp_path: Path) -> None:
     proc = run_script(
-        [str(ROOT / "examples" / "moons.py"), "--steps", "5", "--no-plot"], tmp_path
+        [str(ROOT / "examples" / "moons.py"), "--epochs", "5", "--no-plot"], tmp_path
     )
     assert proc.returncode == 0, explain(proc)
     out = proc.stdout
-    assert "step    5/5" in out and "loss" in out and "accuracy" in out, explain(proc)
+    assert "epoch    5/5: mean loss" in out and "accuracy" in out, explain(proc)
+    assert "with the trained values written back" in out, explain(proc)
     assert "time per epoch: compiled" in out, explain(proc)
+    assert "fit svm_loss" in proc.stderr  # the progress bar
     assert not list(tmp_path.glob("*.png"))  # --no-plot

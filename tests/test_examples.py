@@ -69,3 +69,16 @@ def test_lecture_script_prints_the_notebook_numbers(tmp_path: Path) -> None:
         assert (tmp_path / "d.svg").exists() and (tmp_path / "o.svg").exists()
     else:
         assert "not installed" in out
+
+
+@pytest.mark.slow
+def test_fit_scipy_finds_the_true_parameters(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("scipy")
+    example = load_example(ROOT / "examples" / "fit_scipy.py")
+    assert example.main(["--points", "120"]) == 0
+    out = capsys.readouterr().out
+    for method in ("BFGS (gradient)", "trust-exact (gradient and Hessian)",
+                   "Newton-CG (gradient and Hessian)"):
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(method))
+        assert _number(line, r"max error") < 0.05, line
+    assert "4 params (a, b, c, d), 2 inputs (t, y)" in out

@@ -131,7 +131,7 @@ def hess_tol(ref: np.ndarray) -> float:
 def test_vjp_rules_are_linear_in_the_cotangent(name: str) -> None:
     op = ops.OPS[name]
     params = {p: 2.0 for p in op.params}
-    xs = (0.7, 1.3)[: op.arity]
+    xs = (0.7, 1.3, -0.4)[: op.arity]
     out = op.impl(*xs, **params)
     for c in (2.5, -0.75):
         base = op.vjp(1.0, out, *xs, **params)
@@ -559,7 +559,7 @@ def test_programs_have_ir_source_stats_and_safe_names() -> None:
     assert H.wrt_names == ["hess", "params_dot"]
     assert H.stats["nodes"]["final"] == len(H.ir.body)
     assert {"trace", "hessian", "fold", "final"} <= set(H.stats["nodes"])
-    assert "Hessian" in repr(H) and "2 param(s)" in repr(H)
+    assert "Hessian" in repr(H) and "2 params (hess_, params_dot_)" in repr(H)
     _, hv = sg.hvp(f, backend="python")(None, [1.0, 0.0])
     np.testing.assert_allclose(hv, H()[2][0], rtol=1e-15)
     j = sg.jvp(f, backend="python")

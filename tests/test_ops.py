@@ -45,7 +45,7 @@ def _points(op: OpDef, params: dict[str, float]) -> list[tuple[float, ...]]:
     for xs in itertools.product(base, repeat=op.arity):
         if any(not (lo < x < hi) for x in xs):
             continue
-        if any(abs(x - k) < 1e-3 for x in xs for k in op.kinks):
+        if any(abs(d) < 1e-3 for d in op.kink_offsets(*xs)):
             continue
         if op.name == "div" and abs(xs[1]) < 0.2:
             continue
@@ -77,7 +77,7 @@ def _ids(op: OpDef) -> str:
 @pytest.mark.parametrize("op", ALL_OPS, ids=_ids)
 def test_entry_is_complete(op: OpDef) -> None:
     assert OPS[op.name] is op
-    assert op.arity in (1, 2)
+    assert op.arity in (1, 2, 3)
     assert isinstance(op.symbol, str) and op.symbol
     lo, hi = op.domain
     assert lo < hi
@@ -144,6 +144,10 @@ def test_vjp_is_linear_in_the_cotangent(op: OpDef) -> None:
                 for b, s in zip(base, scaled, strict=True):
                     if b is None:
                         assert s is None
+                    elif b == 0.0 == s:
+                        # a selecting rule (where, max) gives the operand it does not select a
+                        # literal 0.0, whatever ct is: a zero's sign does not scale
+                        pass
                     else:
                         assert same_float(s, ct * b), (op.name, ct, xs, params)
 
@@ -239,3 +243,100 @@ def test_step_has_no_derivative() -> None:
     for x in (-1.0, 0.0, 2.0):
         assert step.vjp(1.0, step.impl(x), x) == (None,)
     assert (step.impl(0.0), step.impl(-0.0), step.impl(1e-300)) == (0.0, 0.0, 1.0)
+
+
+def test_abs_derivative_at_zero_is_zero_and_follows_the_sign_elsewhere() -> None:
+    abs_ = OPS["abs"]
+    for zero in (0.0, -0.0):
+        (g,) = abs_.vjp(1.0, abs_.impl(zero), zero)
+        assert g == 0.0, zero
+    assert abs_.impl(-0.0) == 0.0 and math.copysign(1.0, abs_.impl(-0.0)) == 1.0
+    assert abs_.vjp(1.0, 5e-324, 5e-324) == (1.0,)
+    assert abs_.vjp(1.0, 5e-324, -5e-324) == (-1.0,)
+    # nan in, nan derivative out: sign(nan) is nan
+    assert all(math.isnan(v) for v in (abs_.impl(math.nan), abs_.vjp(1.0, math.nan, math.nan)[0]))
+
+
+def test_sqrt_derivative_at_zero_is_the_one_sided_limit() -> None:
+    sqrt = OPS["sqrt"]
+    assert sqrt.vjp(1.0, 0.0, 0.0) == (math.inf,)
+    # IEEE: sqrt(-0.0) is -0.0, and 1 / (2 * -0.0) is -inf (PyTorch and JAX give the same)
+    assert same_float(sqrt.impl(-0.0), -0.0)
+    assert sqrt.vjp(1.0, -0.0, -0.0) == (-math.inf,)
+    assert math.isnan(sqrt.impl(-1e-300)) and math.isnan(sqrt.impl(-math.inf))
+    assert sqrt.impl(math.inf) == math.inf and sqrt.vjp(1.0, math.inf, math.inf) == (0.0,)
+    # and sympy's derivative tends to +inf there
+    x = sp.Symbol("x", positive=True)
+    assert sp.limit(sp.diff(sp.sqrt(x), x), x, 0, "+") == sp.oo
+
+
+@pytest.mark.parametrize("name", ["maximum", "minimum"])
+def test_max_and_min_give_ties_to_the_first_operand(name: str) -> None:
+    op = OPS[name]
+    for x in (2.0, -1.5, 0.0, math.inf):
+        assert op.vjp(1.0, op.impl(x, x), x, x) == (1.0, 0.0), x
+    # the value at a tie is the first operand too: the sign of a zero shows it
+    assert same_float(op.impl(-0.0, 0.0), -0.0) and same_float(op.impl(0.0, -0.0), 0.0)
+    # off the tie, the chosen operand gets the whole derivative, as sympy's Heaviside says
+    big, small = (3.0, -1.0) if name == "maximum" else (-1.0, 3.0)
+    assert op.vjp(1.0, big, big, small) == (1.0, 0.0)
+    assert op.vjp(1.0, big, small, big) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("name", ["maximum", "minimum"])
+def test_max_and_min_propagate_nan(name: str) -> None:
+    op = OPS[name]
+    for xs in ((math.nan, 1.0), (1.0, math.nan), (math.nan, math.nan), (math.nan, math.inf)):
+        assert math.isnan(op.impl(*xs)), xs
+        # the value is nan; the derivative goes to the first operand (documented)
+        assert op.vjp(1.0, math.nan, *xs) == (1.0, 0.0), xs
+    ref = np.maximum if name == "maximum" else np.minimum
+    for x, y in itertools.product((*SPECIAL, 1.0, -2.0), repeat=2):
+        # numpy's rule, value for value (ties: numpy's scalar loop keeps the first operand)
+        assert same_float(op.impl(x, y), float(ref(np.float64(x), np.float64(y)))) or (
+            x == y == 0.0), (x, y)
+
+
+@pytest.mark.parametrize("name", ["lt", "le", "gt", "ge"])
+def test_comparisons_are_conditions_with_zero_derivative(name: str) -> None:
+    import operator
+
+    op = OPS[name]
+    ref = getattr(operator, name)
+    values = (*SPECIAL, 1.0, -2.0, 5e-324)
+    for x, y in itertools.product(values, repeat=2):
+        assert op.impl(x, y) == (1.0 if ref(x, y) else 0.0), (x, y)  # nan compares false
+        assert op.vjp(1.0, op.impl(x, y), x, y) == (None, None)
+    # sympy agrees at the kink too (x == y): Piecewise((1, x < y), (0, True)) is 0 there
+    a, b = sp.symbols("a b", real=True)
+    for x, y in ((1.0, 1.0), (0.5, 2.0), (2.0, 0.5)):
+        want = op.sympy(sp, a, b).subs({a: x, b: y})
+        assert op.impl(x, y) == float(want), (x, y)
+
+
+def test_where_selects_and_gives_the_cotangent_to_the_chosen_operand_only() -> None:
+    where = OPS["where"]
+    assert where.impl(1.0, 2.0, 3.0) == 2.0 and where.impl(0.0, 2.0, 3.0) == 3.0
+    assert where.impl(-0.0, 2.0, 3.0) == 3.0  # -0.0 is false, as 0.0
+    assert where.impl(math.nan, 2.0, 3.0) == 2.0  # nan is true, as bool(nan)
+    assert where.impl(-2.5, 2.0, 3.0) == 2.0  # any nonzero number is true
+    assert where.vjp(5.0, 2.0, 1.0, 2.0, 3.0) == (None, 5.0, 0.0)
+    assert where.vjp(5.0, 3.0, 0.0, 2.0, 3.0) == (None, 0.0, 5.0)
+    # the unchosen operand's nan never leaks into the value
+    assert where.impl(1.0, 2.0, math.nan) == 2.0
+    # sympy agrees on both branches, value and derivative
+    c, x, y = sp.symbols("c x y", real=True)
+    expr = where.sympy(sp, c, x, y)
+    for cv in (0.0, 1.0, -3.0):
+        pt = {c: cv, x: 2.0, y: 3.0}
+        assert where.impl(cv, 2.0, 3.0) == float(expr.subs(pt))
+        rule = where.vjp(1.0, 0.0, cv, 2.0, 3.0)
+        assert [float(sp.diff(expr, s).subs(pt)) for s in (x, y)] == list(rule[1:])
+
+
+def test_where_of_a_comparison_exports_its_relation() -> None:
+    # where(lt(a, b), x, y) becomes Piecewise((x, a < b), (y, True)), not a nested Piecewise
+    a, b, x, y = sp.symbols("a b x y", real=True)
+    cond = OPS["lt"].sympy(sp, a, b)
+    assert OPS["where"].sympy(sp, cond, x, y) == sp.Piecewise((x, a < b), (y, True))
+    assert OPS["where"].sympy(sp, a, x, y) == sp.Piecewise((x, sp.Ne(a, 0)), (y, True))

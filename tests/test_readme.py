@@ -37,7 +37,29 @@ def test_python_blocks_run_and_print_what_they_say(tmp_path, monkeypatch, capsys
     np.testing.assert_allclose(ns["grad"], [1.0, 0.0, 0.5], atol=1e-15)
     assert ns["hess"].shape == (3, 3)
     assert ns["tangent_out"] == pytest.approx(1.0, rel=1e-12)
-    assert "tanh(b + w1*x1 + w2*x2)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tanh(b + w1*x1 + w2*x2)" in out
+    # training: the loss falls, the trained values are in the model
+    assert ns["losses"][-1] < 0.05 * ns["losses"][0]
+    assert [p.data for p in ns["model"].parameters()] == ns["theta"].tolist()
+    # sympy in: sympy's own value at the point
+    sp = ns["sp"]
+    point = {ns["k"]: 0.5, ns["c"]: 0.1, ns["t"]: 1.0, ns["target"]: 0.3}
+    assert ns["g_value"] == pytest.approx(float((ns["residual"] ** 2).subs(point)), rel=1e-14)
+    assert ns["g_grad"][0] == pytest.approx(
+        float(sp.diff(ns["residual"] ** 2, ns["k"]).subs(point)), rel=1e-14)
+    # limitations: the frozen branch and the safe where print what the comments say
+    assert "-15.0 5.0\n" in out and "(0.0, array([0.]))\n" in out
+
+
+def test_shown_summary_line_is_what_repr_prints():
+    import symgrad as sg
+    from tests.cases import lecture_neuron
+
+    o, wrt, inputs = lecture_neuron()
+    f = sg.compile(o, wrt=wrt, inputs=inputs, name="neuron")
+    shown = re.search(r"\n(<Compiled neuron: .*?)\n", README).group(1)
+    assert shown.rsplit("compiled in", 1)[0] == repr(f).rsplit("compiled in", 1)[0]
 
 
 def test_shown_ir_and_source_are_what_the_code_prints():

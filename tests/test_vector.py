@@ -93,16 +93,16 @@ def test_vectorised_forms_match_on_ordinary_values(name):
     rng = np.random.default_rng(7)
     x = np.concatenate([rng.normal(0, 3, 2000), np.exp(rng.uniform(-700, 700, 2000))])
     x = np.concatenate([x, -x]).reshape(4, -1)
-    args = [x, x[::-1].copy()][: op.arity]
+    args = [x, x[::-1].copy(), np.roll(x, 1)][: op.arity]
     for p in sorted({*POW_EXPONENTS, 2.5}) if op.params else [None]:
         with np.errstate(all="ignore"):
             params = [np.full(x.shape, p)] if op.params else []
             got = np.broadcast_to(vop.fn(*args, *params), x.shape)
         kw = {"p": p} if op.params else {}
+        operands = [[float(v) for v in a.ravel()] for a in args]
         bad = [
-            (float(a), float(g)) for a, b, g in zip(
-                args[0].ravel(), args[-1].ravel(), got.ravel(), strict=True)
-            if not _agrees(name, float(g), op.impl(*([float(a), float(b)][: op.arity]), **kw))
+            (xs, float(g)) for *xs, g in zip(*operands, got.ravel(), strict=True)
+            if not _agrees(name, float(g), op.impl(*xs, **kw))
         ]
         assert not bad, (name, p, bad[:5])
 

@@ -58,7 +58,7 @@ def _ports() -> dict[str, str]:
 def _expression(op_name: str, ports: dict[str, str] | None) -> str:
     """An op's template over ``work[a, e]``/``work[b, e]``, with libm calls swapped for ports."""
     op = OPS[op_name]
-    expr = op.py.format(*["work[a, e]", "work[b, e]"][: op.arity], p="pk")
+    expr = op.py.format(*["work[a, e]", "work[b, e]", "work[c, e]"][: op.arity], p="pk")
     for fn, port in (ports or {}).items():
         expr = expr.replace(f"np.{fn}(", f"{port}(")
     return expr
@@ -70,14 +70,14 @@ def _elementwise_source(ops: Sequence[str], ports: dict[str, str]) -> str:
     libm is called through vecmath's ``*_libm``, which no vectoriser (Intel's SVML) may
     replace."""
     lines = [
-        "def run_elementwise(op, lo, hi, out, a0, a1, p, work, nb, exact):",
+        "def run_elementwise(op, lo, hi, out, a0, a1, a2, p, work, nb, exact):",
         '    """A run of one op over one block (generated from the op table)."""',
     ]
 
     def loop(indent: str, expr: str) -> list[str]:
         return [
             f"{indent}for k in range(lo, hi):",
-            f"{indent}    o, a, b, pk = out[k], a0[k], a1[k], p[k]",
+            f"{indent}    o, a, b, c, pk = out[k], a0[k], a1[k], a2[k], p[k]",
             f"{indent}    for e in range(nb):",
             f"{indent}        work[o, e] = {expr}",
         ]
@@ -162,8 +162,8 @@ class _Interpreter:
         idx = np.zeros(1, np.int64)
         exact = np.zeros_like(self.exact)
         exact[code] = 1
-        self.ns["run_elementwise"](code, 0, 1, idx + 1, idx, idx, np.zeros(1), work, len(xs),
-                                   exact)
+        self.ns["run_elementwise"](code, 0, 1, idx + 1, idx, idx, idx, np.zeros(1), work,
+                                   len(xs), exact)
         bad = vecmath.mismatches(work[1], want)
         if bad.size == 0:
             return 1, "exact vectorised port"

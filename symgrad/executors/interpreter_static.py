@@ -20,10 +20,10 @@ from symgrad.executors.dense import dense_forward, dense_outer, dense_outer_rows
 from symgrad.executors.threads import fetch_add
 
 # the plan's integer arrays, in the order of tape_plan.PLAN_FIELDS (a test checks)
-(F_STEPS, F_DOT_STEPS, F_OUT, F_A0, F_A1, F_TA, F_TB, F_DENSE, F_DENSE_OUT, F_DENSE_X,
+(F_STEPS, F_DOT_STEPS, F_OUT, F_A0, F_A1, F_A2, F_TA, F_TB, F_DENSE, F_DENSE_OUT, F_DENSE_X,
  F_DENSE_W, F_UNIFORM_SLOTS, F_UNIFORM_PARAM, F_ROWS_SLOTS, F_ROWS_ROWS, F_X_SLOTS,
  F_VALUE_SLOTS, F_GRIDS, F_GRID_A, F_GRID_B, F_GRID_COLS, F_GRID_STRIDES, F_REST_COLS,
- F_REST_A, F_REST_B) = range(25)
+ F_REST_A, F_REST_B) = range(26)
 DOT_STEP = -1  # replaced by the generated module: the tape's opcode of a fused sum
 DENSE_STEP = -2  # ... and of a dense group
 CHUNK_ROWS = -3  # ... and the chunking of `symgrad.layout`
@@ -31,7 +31,7 @@ MAX_CHUNKS = -4
 ALIGN = -5
 
 
-def run_elementwise(op, lo, hi, out, a0, a1, p, work, nb, exact):
+def run_elementwise(op, lo, hi, out, a0, a1, a2, p, work, nb, exact):
     """Placeholder: the generated module defines the real one after this file's text."""
     raise NotImplementedError
 
@@ -124,6 +124,7 @@ def run_block(ints, fields, p, W, X, values, work, dot_acc, start, nb, exact):
             work[x_slots[j], e] = X[start + e, j]
     steps = field(ints, fields, F_STEPS).reshape((-1, 3))
     out, a0, a1 = field(ints, fields, F_OUT), field(ints, fields, F_A0), field(ints, fields, F_A1)
+    a2 = field(ints, fields, F_A2)
     dense = field(ints, fields, F_DENSE).reshape((-1, 5))
     dense_out, dense_x = field(ints, fields, F_DENSE_OUT), field(ints, fields, F_DENSE_X)
     dot_steps, ta, tb = field(ints, fields, F_DOT_STEPS), field(ints, fields, F_TA), \
@@ -139,7 +140,7 @@ def run_block(ints, fields, p, W, X, values, work, dot_acc, start, nb, exact):
             for q in range(lo, hi):
                 run_dot(dot_steps[q], out, a0, a1, ta, tb, work, dot_acc, nb)
         else:
-            run_elementwise(op, lo, hi, out, a0, a1, p, work, nb, exact)
+            run_elementwise(op, lo, hi, out, a0, a1, a2, p, work, nb, exact)
     for k in range(value_slots.shape[0]):
         for e in range(nb):
             values[start + e, k] = work[value_slots[k], e]

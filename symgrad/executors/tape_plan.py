@@ -37,7 +37,7 @@ MIN_FILL = 0.5  # a grid is used when at least this share of its products is wan
 I64 = np.int64
 # the integer arrays of a `BlockPlan`, packed in this order for compiled code (`pack`)
 PLAN_FIELDS = (
-    "steps", "dot_steps", "out", "a0", "a1", "ta", "tb", "dense", "dense_out", "dense_x",
+    "steps", "dot_steps", "out", "a0", "a1", "a2", "ta", "tb", "dense", "dense_out", "dense_x",
     "dense_w", "uniform_slots", "uniform_param", "rows_slots", "rows_rows", "x_slots",
     "value_slots", "grids", "grid_a", "grid_b", "grid_cols", "grid_strides", "rest_cols",
     "rest_a", "rest_b",
@@ -67,7 +67,7 @@ class BlockPlan:
         steps: ``(n_steps, 3)``: (tape opcode, lo, hi) for a run of one op; (DOT, lo, hi) for
             the fused sums ``dot_steps[lo:hi]``; (DENSE, g, 0) for dense group g.
         dot_steps: the tape's fused sums that fit no dense group.
-        out, a0, a1, p, ta, tb, tu: the tape's instruction and term arrays (see `Tape`).
+        out, a0, a1, a2, p, ta, tb, tu: the tape's instruction and term arrays (see `Tape`).
         dense: ``(n_groups, 5)``: offsets and sizes (out_off, n_out, x_off, K, w_off) into
             ``dense_out``, ``dense_x`` (slots) and ``dense_w`` (the uniform slot of each entry
             of the group's ``W``, row-major).
@@ -98,6 +98,7 @@ class BlockPlan:
     out: np.ndarray
     a0: np.ndarray
     a1: np.ndarray
+    a2: np.ndarray
     p: np.ndarray
     ta: np.ndarray
     tb: np.ndarray
@@ -148,7 +149,7 @@ def plan(tp: Tape, n_uniform: int, n_out: int) -> BlockPlan:
         rows_slots=np.array(sorted(s for s in read_as_rows if uniform[s]), I64),
         rows_rows=np.zeros(0, I64), x_slots=tp.arg_slots[n_uniform:].astype(I64),
         steps=np.array(steps, I64).reshape(-1, 3), dot_steps=np.array(dot_steps, I64),
-        out=tp.out, a0=tp.a0, a1=tp.a1, p=tp.p, ta=tp.ta, tb=tp.tb, tu=tp.tu,
+        out=tp.out, a0=tp.a0, a1=tp.a1, a2=tp.a2, p=tp.p, ta=tp.ta, tb=tp.tb, tu=tp.tu,
         dense=np.array(dense.meta, I64).reshape(-1, 5), dense_out=np.array(dense.out, I64),
         dense_x=np.array(dense.x, I64), dense_w=np.array(dense.w, I64),
         value_slots=tp.result_slots[:n_out].astype(I64),
@@ -175,17 +176,19 @@ def _compact(pl: BlockPlan) -> BlockPlan:
     for op, lo, hi in pl.tape.runs.tolist():
         if op == DOT:
             elementwise[lo:hi] = False  # their a0, a1 delimit terms: not slots
-    used = [pl.out, pl.a0[elementwise], pl.a1[elementwise], pl.ta, pl.tb, pl.rows_slots,
+    used = [pl.out, pl.a0[elementwise], pl.a1[elementwise], pl.a2[elementwise], pl.ta, pl.tb,
+            pl.rows_slots,
             pl.x_slots, pl.dense_out, pl.dense_x, pl.value_slots, pl.grid_a, pl.grid_b,
             pl.rest_a, pl.rest_b]
     rows = np.unique(np.concatenate(used)) if any(len(u) for u in used) else np.zeros(0, I64)
     row = np.zeros(pl.n_slots, I64)
     row[rows] = np.arange(len(rows))
-    a0, a1 = pl.a0.copy(), pl.a1.copy()
-    a0[elementwise], a1[elementwise] = row[pl.a0[elementwise]], row[pl.a1[elementwise]]
+    a0, a1, a2 = pl.a0.copy(), pl.a1.copy(), pl.a2.copy()
+    for new, old in ((a0, pl.a0), (a1, pl.a1), (a2, pl.a2)):
+        new[elementwise] = row[old[elementwise]]
     return dataclasses.replace(
         pl, n_rows=max(len(rows), 1), rows_rows=row[pl.rows_slots], x_slots=row[pl.x_slots],
-        out=row[pl.out], a0=a0, a1=a1, ta=row[pl.ta], tb=row[pl.tb],
+        out=row[pl.out], a0=a0, a1=a1, a2=a2, ta=row[pl.ta], tb=row[pl.tb],
         dense_out=row[pl.dense_out], dense_x=row[pl.dense_x], value_slots=row[pl.value_slots],
         grid_a=row[pl.grid_a], grid_b=row[pl.grid_b], rest_a=row[pl.rest_a],
         rest_b=row[pl.rest_b],
@@ -401,9 +404,8 @@ def _rows_read(tp: Tape, steps: list[tuple[int, int, int]], dot_steps: list[int]
     read |= set(tp.result_slots[:n_out].tolist())
     for op, lo, hi in steps:
         if op < DOT:
-            read |= set(tp.a0[lo:hi].tolist())
-            if OPS[OPNAMES[op]].arity > 1:
-                read |= set(tp.a1[lo:hi].tolist())
+            for operand in (tp.a0, tp.a1, tp.a2)[: OPS[OPNAMES[op]].arity]:
+                read |= set(operand[lo:hi].tolist())
     for k in dot_steps:
         t0, t1 = int(tp.a0[k]), int(tp.a1[k])
         read |= set(tp.ta[t0:t1].tolist()) | set(tp.tb[t0:t1].tolist())

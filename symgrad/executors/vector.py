@@ -71,9 +71,9 @@ class VectorOp:
 
     Attributes:
         name: the op.
-        source: the vectorised expression over operands ``x0``, ``x1`` and the op's parameters
+        source: the vectorised expression over operands ``x0``, ``x1``, ... and the op's parameters
             (each a ``(k, 1)`` column in a run: one value per instruction).
-        fn: ``fn(x0, [x1,] *params) -> array``.
+        fn: ``fn(x0, [x1, ...,] *params) -> array``.
         ufunc: when the expression is a single ufunc of the arguments (``np.tanh(x0)``,
             ``x0 + x1``, ``x0 ** p``), that ufunc, so runs can write in place with ``out=``.
         ufunc_args: positions in fn's arguments of the ufunc's operands, in order.
@@ -476,9 +476,8 @@ def _operand_vids(tape: Tape, uniform: np.ndarray, n_params: int) -> tuple[
             t0, t1 = int(tape.a0[lo]), int(tape.a1[hi - 1])
             slots = np.concatenate([tape.ta[t0:t1], tape.tb[t0:t1]])
         else:
-            slots = tape.a0[lo:hi]
-            if OPS[names[opc]].arity == 2:
-                slots = np.concatenate([slots, tape.a1[lo:hi]])
+            arity = OPS[names[opc]].arity
+            slots = np.concatenate([a[lo:hi] for a in _operand_arrays(tape)[:arity]])
         slots = np.unique(slots[~uniform[slots]])
         vids = [cur[int(s)] for s in slots]
         for v in vids:
@@ -554,6 +553,11 @@ def _build(tape: Tape, n_params: int, n_out: int) -> Plan:
 MadeSteps = Callable[[dict[int, int]], list[Any]]
 
 
+def _operand_arrays(tape: Tape) -> tuple[np.ndarray, ...]:
+    """The tape's per-instruction operand slots, first operand first."""
+    return tape.a0, tape.a1, tape.a2
+
+
 def _plan_elementwise(
     tape: Tape, name: str, lo: int, hi: int, uniform: np.ndarray, row: Callable[[int], int]
 ) -> tuple[list[int], MadeSteps]:
@@ -561,12 +565,13 @@ def _plan_elementwise(
     vop = vector_op(name)
     op = OPS[name]
     parts: dict[tuple[bool, ...], list[int]] = {}
+    operands = _operand_arrays(tape)[: op.arity]
     for k in range(lo, hi):
-        ops = [int(tape.a0[k]), int(tape.a1[k])][: op.arity]
+        ops = [int(a[k]) for a in operands]
         parts.setdefault(tuple(bool(uniform[s]) for s in ops), []).append(k)
 
     def operand_rows(k: int) -> tuple[int, ...]:
-        ops = [int(tape.a0[k]), int(tape.a1[k])][: op.arity]
+        ops = [int(a[k]) for a in operands]
         # parameters' slots break ties: w[j] * ct (one ct row for all j) goes in j's order
         return tuple(row(s) for s in ops if not uniform[s]) + tuple(
             s for s in ops if uniform[s])
@@ -580,7 +585,7 @@ def _plan_elementwise(
     for pattern, ks in parts.items():
         args: list[tuple[str, Any]] = []
         for i, is_u in enumerate(pattern):
-            slots = (tape.a0 if i == 0 else tape.a1)[ks]
+            slots = operands[i][ks]
             if is_u and len(set(slots.tolist())) == 1:
                 # one literal for the whole run (1.0 - x): a scalar, numpy's fast path
                 args.append(("uniform", int(slots[0])))
