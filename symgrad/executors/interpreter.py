@@ -26,6 +26,7 @@ from typing import ClassVar
 import numpy as np
 
 from .. import jit, layout, tape
+from ..ir import Func, Instr, Var
 from ..layout import Kernel
 from ..ops import OPS
 from .base import BatchMode, Executor, TapeExecutor
@@ -149,6 +150,21 @@ class _Interpreter:
             used = [fn for fn in PORTED if f"np.{fn}(" in OPS[name].py]
             if used:
                 self.exact[code], self.verdicts[name] = self._verify(name, code, used)
+        self._compile_entries()
+
+    def _compile_entries(self) -> None:
+        """Compile every entry point now, by running them on a tiny tape (Numba compiles what a
+        function can reach whatever the data), so that the first real call runs at once."""
+        w, x = Var(1, "w"), Var(2, "x")
+        body = (Instr(Var(3), "mul", (w, x)), Instr(Var(4), "tanh", (Var(3),)))
+        func = Func("warm_up", (w, x), body, (Var(4), Var(3)))
+        tp = tape.lower(func, 1, 1)
+        pl = plan(tp, 1, 1)
+        X, params = np.zeros((2, 1)), np.zeros(1)
+        for per_row in (False, True):
+            acc = np.zeros((2 if per_row else 1, 1))
+            for threads in (1, 2):  # both ways of taking chunks
+                self.run(pack(pl), pl, params, X, np.zeros((2, 1)), acc, per_row, threads)
 
     def _verify(self, name: str, code: int, used: list[str]) -> tuple[int, str]:
         """Whether op `name`'s ported loop gives the op table's rule's bits on vecmath's sample
@@ -218,7 +234,7 @@ class _Interpreter:
             fn, args = self.ns["run_rows"], (*head, params, X, values, acc, self.exact)
             chunk_acc = None
         else:
-            chunk_acc = np.zeros((layout.n_chunks(X.shape[0]), acc.shape[1]))
+            chunk_acc = np.empty((layout.n_chunks(X.shape[0]), acc.shape[1]))
             fn = self.ns["run_sums"]
             args = (*head, len(pl.grid_cols), params, X, values, acc, chunk_acc, self.exact)
         if threads <= 1:

@@ -187,6 +187,7 @@ def run_sums(counter, ints, fields, p, uniform_value, n_slots, n_rows, block, n_
         first = (c * n // n_chunks) // ALIGN * ALIGN
         last = n if c + 1 == n_chunks else ((c + 1) * n // n_chunks) // ALIGN * ALIGN
         G[:] = 0.0
+        chunk_acc[c, :] = 0.0  # here, not by the caller: each thread zeroes its own chunks
         for start in range(first, last, block):
             nb = min(block, last - start)
             run_block(ints, fields, p, W, X, values, work, dot_acc, start, nb, exact)
