@@ -104,7 +104,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def load_module(source: str, name: str, extra: dict[str, Any]) -> ModuleType | None:
     """Import `source` from its cache file (writing it first if needed); None if caching is off.
 
-    `extra` globals (e.g. ``prange``) are set before the module body runs.
+    `extra` globals (e.g. ``fetch_add``) are set before the module body runs.
     """
     d = cache_dir()
     if d is None:

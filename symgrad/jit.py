@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import itertools
 import linecache
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -86,8 +85,7 @@ def exec_source(source: str, name: str, extra: dict[str, Any] | None = None) -> 
     with _lock:
         filename = f"<symgrad:{name}:{next(_counter)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    # prange is numba's in jitted modules; in plain Python the parallel loops run serially
-    namespace: dict[str, Any] = {"__name__": "symgrad._generated", "np": np, "prange": range}
+    namespace: dict[str, Any] = {"__name__": "symgrad._generated", "np": np}
     namespace.update(extra or {})
     exec(compile(source, filename, "exec"), namespace)
     return namespace
@@ -98,7 +96,7 @@ def load(source: str, name: str, numba: bool,
     """The namespace of a generated module, and whether it came through the persistent cache.
 
     For Numba the module is imported from its cache file when caching is on (Numba can then
-    cache its machine code), with numba's ``prange``; for plain Python it is executed with
+    cache its machine code); for plain Python it is executed with
     ``np`` bound to `IEEE_NUMPY` after the source's own ``import numpy as np``. `extra` globals
     (and `template_globals`) are set before the module's code runs.
     """
@@ -107,17 +105,14 @@ def load(source: str, name: str, numba: bool,
         ns = exec_source(source, name, extra)
         ns["np"] = IEEE_NUMPY
         return ns, False
-    import numba as nb
-
-    extra.setdefault("prange", nb.prange)
     mod = cache.load_module(source, name, extra)
     if mod is not None:
         return mod.__dict__, True
     return exec_source(source, name, extra), False
 
 
-def jit_compile(py: Callable[..., None], sig: str, parallel: bool, cached: bool,
-                module_file: str | None, nogil: bool = False) -> Callable[..., None]:
+def jit_compile(py: Callable[..., None], sig: str, cached: bool, module_file: str | None,
+                nogil: bool = False) -> Callable[..., None]:
     """``numba.njit`` `py` for `sig` (IEEE division), through Numba's disk cache when `cached`;
     `nogil` releases the GIL while it runs (for functions called on several threads).
 
@@ -126,13 +121,10 @@ def jit_compile(py: Callable[..., None], sig: str, parallel: bool, cached: bool,
     """
     import numba
 
-    if parallel:
-        _before_threads()
     attempts = (True, True, False) if cached else (False,)
     for i, use_cache in enumerate(attempts):
         try:
-            fn = numba.njit(error_model="numpy", parallel=parallel, cache=use_cache,
-                            nogil=nogil)(py)
+            fn = numba.njit(error_model="numpy", cache=use_cache, nogil=nogil)(py)
             fn.compile(sig)
             break
         except Exception:
@@ -153,17 +145,6 @@ def helper(py: Callable[..., Any], cached: bool, nogil: bool = False) -> Callabl
 
     return numba.njit(  # type: ignore[no-any-return]
         error_model="numpy", cache=cached, nogil=nogil)(py)
-
-
-def _before_threads() -> None:
-    """Before the first threaded function is built: a short OpenMP spin, unless the user set one.
-
-    Numba's OpenMP threads keep spinning after a parallel loop (300,000 spins by default), which
-    on a small machine takes the cores that NumPy's BLAS (the user's own numpy) needs next: a
-    matrix product right after a threaded batch ran several times slower. OpenMP reads the
-    setting when it starts, which is when the first threaded function is built.
-    """
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 
 # how JIT compilations went in this process: loaded from the disk cache, compiled and saved to

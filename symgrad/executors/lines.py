@@ -153,7 +153,7 @@ class _Module:
             return py  # type: ignore[no-any-return]
         if batch is not None:
             self._ns[kernel] = self.get(kernel)  # the loop calls the jitted kernel
-        return jit.jit_compile(py, _signature(self.layouts[kernel], batch), False,
+        return jit.jit_compile(py, _signature(self.layouts[kernel], batch),
                                self._cached, self._ns.get("__file__"),
                                nogil=batch is not None and batch.endswith("_chunks"))
 

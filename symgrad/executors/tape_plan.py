@@ -31,7 +31,8 @@ from ..tape import DOT, OPCODES, Tape
 __all__ = ["DENSE", "PLAN_FIELDS", "BlockPlan", "pack", "plan"]
 
 DENSE = DOT + 1  # a step that is a dense group (the tape's own DOT is a run of fused sums)
-MIN_GROUP = 2  # fewer sums sharing a row list stay fused sums
+MIN_GROUP = 2  # fewer sums sharing a row list stay fused sums ...
+MIN_ALONE = 8  # ... unless a lone sum has at least this many terms (an output neuron)
 MIN_FILL = 0.5  # a grid is used when at least this share of its products is wanted
 
 I64 = np.int64
@@ -277,7 +278,7 @@ def _group_sums(tp: Tape, lo: int, hi: int, uniform: np.ndarray,
             others.append(k)
     groups = {}
     for xs, ks in by_rows.items():
-        if len(ks) >= MIN_GROUP:
+        if len(ks) >= MIN_GROUP or len(xs) >= MIN_ALONE:
             groups[xs] = ks
         else:
             others += ks
