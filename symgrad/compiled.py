@@ -166,6 +166,9 @@ class Program:
 
     def _run(self, kernel: str, batch: executors.BatchMode | None, *arrays: np.ndarray) -> None:
         try:
+            if batch is not None:  # the common case first
+                self.executor.batch(kernel, arrays, batch)
+                return
             self._dispatch(kernel, batch, arrays)
         except TypeError:
             # float64 arrays of the right shape are passed as they are; a compiled kernel refuses
@@ -379,7 +382,8 @@ class Compiled(Program):
             ``(len(wrt),)`` for "sum"/"mean", ``(N, len(wrt))`` for "none" (with an ``n_out`` axis
             after N for several outputs).
         """
-        self._check_reduce(reduce)
+        if reduce != "sum":
+            self._check_reduce(reduce)
         p = self._params(params)
         Xa = self._matrix(X)
         n = Xa.shape[0]
@@ -389,7 +393,7 @@ class Compiled(Program):
             self._run(self._vg, "rows", p, Xa, values, grads)
             g = grads[:, 0, :] if self.n_out == 1 else grads
         else:
-            acc = np.zeros((self.n_out, self.n_params))
+            acc = np.zeros(self._gshape)
             self._run(self._vg, "sum", p, Xa, values, acc)
             if reduce == "mean":
                 acc /= n

@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from .. import codegen, jit
-from ..layout import Kernel, Layout, n_chunks
+from ..layout import CHUNK_ROWS, Kernel, Layout, n_chunks
 from .base import BatchMode, Executor
 
 __all__ = ["NumbaLines", "PythonLines"]
@@ -40,6 +40,9 @@ class NumbaLines(Executor):
         self.source = codegen.module_source(header, kernels)
         self.module = _Module(self.source, title, self.jit,
                               {k.name: k.layout for k in kernels})
+        # per kernel: where batches count their rows, and the work of one row
+        self._rows_of = {k.name: (k.layout.first_per_row(), len(k.func.body)) for k in kernels}
+        self._serial: dict[tuple[str, str], Callable[..., None]] = {}
 
     def prepare(self) -> None:
         """JIT the first kernel (the main one) now: compile time is paid in ``sg.compile``."""
@@ -55,34 +58,34 @@ class NumbaLines(Executor):
 
     def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode) -> None:
         """Rows of the per-row arguments (rows counted on the first of them)."""
-        k = self.kernels[kernel]
-        n = arrays[k.layout.first_per_row()].shape[0]
-        threads = self._threads(n, len(k.func.body))
-        if threads <= 1:
-            self.module.get(kernel, mode)(*arrays)
+        first, length = self._rows_of[kernel]
+        n = arrays[first].shape[0]
+        if n * length < self.THREAD_WORK or n < 2 * CHUNK_ROWS:  # one thread: one call
+            fn = self._serial.get((kernel, mode))
+            if fn is None:
+                fn = self._serial[kernel, mode] = self.module.get(kernel, mode)
+            fn(*arrays)
             return
-        from .threads import run_on_threads
+        self._on_threads(kernel, arrays, mode, n)
 
+    def _on_threads(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode,
+                    n: int) -> None:
+        from .threads import n_threads, run_on_threads
+
+        threads = min(n_threads(), n_chunks(n))
         counter = np.zeros(1, np.int64)
         fn = self.module.get(kernel, f"{mode}_chunks")
         if mode == "rows":
             run_on_threads(fn, (counter, *arrays), threads)
             return
         # summed results: one buffer per chunk, added in chunk order afterwards
-        acc = [i for i, (nm, _) in enumerate(k.layout.results, len(k.layout.args))
-               if nm in k.layout.accumulate]
-        chunks = n_chunks(n)
-        bufs = {i: np.zeros((chunks, *arrays[i].shape)) for i in acc}
+        layout = self.kernels[kernel].layout
+        acc = [i for i, (nm, _) in enumerate(layout.results, len(layout.args))
+               if nm in layout.accumulate]
+        bufs = {i: np.zeros((n_chunks(n), *arrays[i].shape)) for i in acc}
         run_on_threads(fn, (counter, *[bufs.get(i, a) for i, a in enumerate(arrays)]), threads)
         for i in acc:
             _add_in_order(bufs[i], arrays[i])
-
-    def _threads(self, n_rows: int, length: int) -> int:
-        if n_rows * length < self.THREAD_WORK or n_chunks(n_rows) < 2:
-            return 1
-        from .threads import n_threads
-
-        return min(n_threads(), n_chunks(n_rows))
 
 
 def _add_in_order(bufs: np.ndarray, acc: np.ndarray) -> None:
