@@ -1,5 +1,6 @@
 """Exact, vectorisable tanh, exp, log and sigmoid for compiled code, checked against libm.
-Imports numpy and symgrad._libm_ports (numba); nothing else from symgrad.
+Imports numpy, symgrad._libm_ports (numba) and the op table (`symgrad.ops`, whose rules are the
+references the ports are checked against).
 
 The interpreted engine computes these functions with Python's `math` module, that is with the
 C library (libm), and compiled code must give the same bits: calling libm from Numba gives them,
@@ -59,6 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from symgrad import _libm_ports
+from symgrad.ops import OPS as OP_TABLE
 
 OPS = ("tanh", "exp", "log", "sigmoid")
 _PORTS = ("fma", "nofma")  # tried in this order
@@ -77,27 +79,8 @@ _lock = threading.Lock()
 _verdicts: dict[str, tuple[str, str]] = {}  # op -> (variant, status text)
 
 
-def _exp_ref(x: float) -> float:
-    try:
-        return math.exp(x)
-    except OverflowError:
-        return math.inf
-
-
-def _log_ref(x: float) -> float:
-    if x > 0.0:
-        return math.log(x)
-    return -math.inf if x == 0.0 else math.nan
-
-
-def _sigmoid_ref(x: float) -> float:
-    return 1.0 / (1.0 + _exp_ref(-x))
-
-
-# what the interpreted engine computes: libm through `math`, with its errors as IEEE values
-REFERENCES: dict[str, Callable[[float], float]] = {
-    "tanh": math.tanh, "exp": _exp_ref, "log": _log_ref, "sigmoid": _sigmoid_ref,
-}
+# what the interpreted engine computes: the op table's rules (libm through `math`)
+REFERENCES: dict[str, Callable[[float], float]] = {op: OP_TABLE[op].impl for op in OPS}
 
 
 def _check_op(op: str) -> None:
