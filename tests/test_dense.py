@@ -15,7 +15,7 @@ import threading
 import numba
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from symgrad.executors import dense
@@ -137,6 +137,7 @@ def outer_rows_cases(draw):
 # ---- exactness ----------------------------------------------------------------------------
 
 
+@settings(max_examples=100)  # the pure-Python oracle is slow on big shapes
 @given(forward_cases())
 def test_forward_is_the_sequential_sum(case) -> None:
     work, out_rows, x_rows, W, nb = case
@@ -145,6 +146,7 @@ def test_forward_is_the_sequential_sum(case) -> None:
     assert same_bits(work, expected)  # other rows and columns >= nb untouched too
 
 
+@settings(max_examples=100)  # the pure-Python oracle is slow on big shapes
 @given(outer_cases())
 def test_outer_is_the_sequential_sum(case) -> None:
     G, work, a_rows, b_rows, e0, e1 = case
@@ -155,6 +157,7 @@ def test_outer_is_the_sequential_sum(case) -> None:
     assert same_bits(work, before)
 
 
+@settings(max_examples=100)  # the pure-Python oracle is slow on big shapes
 @given(outer_rows_cases())
 def test_outer_rows_adds_each_product(case) -> None:
     out, row0, col0, di, dj, work, a_rows, b_rows, nb = case
@@ -163,6 +166,7 @@ def test_outer_rows_adds_each_product(case) -> None:
     assert same_bits(out, expected)
 
 
+@settings(max_examples=100)  # the pure-Python oracle is slow on big shapes
 @given(outer_cases())
 def test_outer_with_the_lists_exchanged_gives_the_transpose(case) -> None:
     G, work, a_rows, b_rows, e0, e1 = case
