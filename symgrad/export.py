@@ -559,6 +559,8 @@ def _tape_parts(executor: Any, vg: Kernel, fw: Kernel) -> list[_Part]:
                   "by symgrad, written out)", HERE / "_libm_ports.py",
                   drop={"_mp_double", "_exp_table", "_log_tables"}, drop_modules={"mpmath"},
                   replace=_table_literals()),
+        _Part("symgrad/ops.py (in part): the engine's rules, the ports' references",
+              _extract(HERE / "ops.py", OPS_NAMES) + "\n\n\n" + REFERENCES, embedded=True),
         _Part("symgrad/vecmath.py (in part): the sample the ports are verified on",
               _extract(HERE / "vecmath.py", VECMATH_NAMES), embedded=True),
         _Part("the tape interpreter (symgrad.executors.interpreter.interpreter_source: "
@@ -570,9 +572,13 @@ def _tape_parts(executor: Any, vg: Kernel, fw: Kernel) -> list[_Part]:
     ]
 
 
-VECMATH_NAMES = ("OPS", "_check_op", "_exp_ref", "_log_ref", "_sigmoid_ref", "REFERENCES",
-                 "mismatches", "_SPECIALS", "_SPLITTERS", "_LN2", "_thresholds", "_around",
-                 "sample")
+VECMATH_NAMES = ("OPS", "_check_op", "mismatches", "_SPECIALS", "_SPLITTERS", "_LN2",
+                 "_thresholds", "_around", "sample")
+OPS_NAMES = ("_exp", "_log", "_sigmoid")
+# vecmath.REFERENCES is the op table's rules; here, the same functions named directly
+REFERENCES = ('# the engine\'s rules (symgrad.ops: OPS[op].impl), what the ports must equal\n'
+              'REFERENCES = {"tanh": math.tanh, "exp": _exp, "log": _log, '
+              '"sigmoid": _sigmoid}')
 
 
 def _table_literals() -> dict[str, str]:
