@@ -618,82 +618,116 @@ def _plan_dot(
     becomes ``b * ones_row``, a column of W, instead of a separate broadcast addition. Steps in
     no group keep all their terms, in the tape's order (`_Terms`).
     """
-    terms: dict[int, list[tuple[Factor, Factor]]] = {}  # per step, in the tape's order
-    mats: dict[int, list[tuple[int, int]]] = {}  # step -> [(row, uniform slot)]
-    others: dict[int, list[tuple[Factor, Factor]]] = {}  # the terms not in mats
-    groups: dict[tuple[int, ...], list[int]] = {}
+    dr = _DotRun(lo, hi, unit, ones_row)
     for k in range(lo, hi):
-        ts, m, o = [], [], []
-        for t in range(int(tape.a0[k]), int(tape.a1[k])):
-            fa = (not uniform[tape.ta[t]], int(tape.ta[t]))
-            fb = (not uniform[tape.tb[t]], int(tape.tb[t]))
-            fa, fb = [(True, row(x)) if is_row else (False, x) for is_row, x in (fa, fb)]
-            if fb[0] and not fa[0]:
-                fa, fb = fb, fa  # products commute exactly: the per-example factor first
-            ts.append((fa, fb))
-            if fa[0] and not fb[0]:
-                m.append((fa[1], fb[1]))
-            else:
-                o.append((fa, fb))
-        if m and ones_row is not None:
+        ts = _step_terms(tape, k, uniform, row)
+        dr.add_step(k, ts)
+        stats["terms"] += len(ts)
+    dr.choose_products()
+    return dr.order, lambda out_row: dr.made(out_row, stats)
+
+
+def _step_terms(
+    tape: Tape, k: int, uniform: np.ndarray, row: Callable[[int], int]
+) -> list[tuple[Factor, Factor]]:
+    """Step k's terms in the tape's order, each with its per-example factor (if any) first."""
+    ts = []
+    for t in range(int(tape.a0[k]), int(tape.a1[k])):
+        fa, fb = [(True, row(x)) if not uniform[x] else (False, x)
+                  for x in (int(tape.ta[t]), int(tape.tb[t]))]
+        if fb[0] and not fa[0]:
+            fa, fb = fb, fa  # products commute exactly: the per-example factor first
+        ts.append((fa, fb))
+    return ts
+
+
+@dataclass
+class _DotRun:
+    """A DOT run's steps sorted into matrix-product groups and terms summed by gathers."""
+
+    lo: int
+    hi: int
+    unit: set[int]  # slots of the literal 1.0
+    ones_row: int | None
+    terms: dict[int, list[tuple[Factor, Factor]]] = field(default_factory=dict)  # tape's order
+    mats: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # [(row, uniform slot)]
+    others: dict[int, list[tuple[Factor, Factor]]] = field(default_factory=dict)  # not in mats
+    groups: dict[tuple[int, ...], list[int]] = field(default_factory=dict)  # rows -> steps
+    products: list[tuple[tuple[int, ...], list[int]]] = field(default_factory=list)
+    in_product: set[int] = field(default_factory=set)
+    order: list[int] = field(default_factory=list)
+
+    def add_step(self, k: int, ts: list[tuple[Factor, Factor]]) -> None:
+        """Split step k's terms into row x uniform ones (a row of W) and the others."""
+        m = [(fa[1], fb[1]) for fa, fb in ts if fa[0] and not fb[0]]
+        o = [(fa, fb) for fa, fb in ts if not (fa[0] and not fb[0])]
+        if m and self.ones_row is not None:
             for i, (fa, fb) in enumerate(o):
-                if not fa[0] and not fb[0] and (fa[1] in unit or fb[1] in unit):
+                if not fa[0] and not fb[0] and (fa[1] in self.unit or fb[1] in self.unit):
                     # b * 1.0 == b * ones exactly, inf and nan too
-                    m.append((ones_row, fa[1] if fb[1] in unit else fb[1]))
+                    m.append((self.ones_row, fa[1] if fb[1] in self.unit else fb[1]))
                     del o[i]
                     break
         m.sort(key=lambda rs: rs[0])  # stable: duplicate rows keep their order
-        terms[k], mats[k], others[k] = ts, m, o
-        stats["terms"] += len(ts)
+        self.terms[k], self.mats[k], self.others[k] = ts, m, o
         if m:
-            groups.setdefault(tuple(r for r, _ in m), []).append(k)
-    # the biggest groups become matrix products; the other steps are pooled gathers
-    ranked = sorted(groups.items(), key=lambda kv: -len(kv[0]) * len(kv[1]))
-    products = [(key, ks) for key, ks in ranked if len(ks) >= 2 or len(key) >= 8]
-    products = products[:MAX_MATMULS]
-    for _, ks in products:  # by their parameters' slots: neuron order, forward and backward
-        ks.sort(key=lambda k: [s for _, s in mats[k]])
-    in_product = {k for _, ks in products for k in ks}
-    order = [k for _, ks in products for k in ks] + [
-        k for k in range(lo, hi) if k not in in_product
-    ]
+            self.groups.setdefault(tuple(r for r, _ in m), []).append(k)
 
-    def made(out_row: dict[int, int]) -> list[Any]:
+    def choose_products(self) -> None:
+        """The biggest groups become matrix products; the other steps are pooled gathers."""
+        ranked = sorted(self.groups.items(), key=lambda kv: -len(kv[0]) * len(kv[1]))
+        products = [(key, ks) for key, ks in ranked if len(ks) >= 2 or len(key) >= 8]
+        self.products = products[:MAX_MATMULS]
+        for _, ks in self.products:  # by their parameters' slots: neuron order, both passes
+            ks.sort(key=lambda k: [s for _, s in self.mats[k]])
+        self.in_product = {k for _, ks in self.products for k in ks}
+        self.order = [k for _, ks in self.products for k in ks] + [
+            k for k in range(self.lo, self.hi) if k not in self.in_product
+        ]
+
+    def made(self, out_row: dict[int, int], stats: dict[str, int]) -> list[Any]:
+        """The run's one step, its outputs at `out_row`."""
         step = _Dot()
         temp = 0
         extra: list[tuple[int, Factor, Factor]] = []
-        unit_slot = min(unit) if unit else -1
-        for key, ks in products:
-            w = np.array([[s for _, s in mats[k]] for k in ks], np.int64)
-            xr = _index(list(key))
-            if ones_row in key and not isinstance(xr, slice):
-                j = key.index(ones_row)
-                rest_key = key[:j] + key[j + 1:]
-                if isinstance(_index(list(rest_key)), slice) and 2 * len(ks) < len(key):
-                    # few outputs, many inputs: adding the bias beats copying the inputs
-                    extra += [(k, (False, int(b)), (False, unit_slot))
-                              for k, b in zip(ks, w[:, j], strict=True)]
-                    w = np.delete(w, j, axis=1)
-                    xr = _index(list(rest_key))
+        for key, ks in self.products:
+            w, xr, bias = self._matrix(key, ks)
+            extra += bias
             out = _index([out_row[k] for k in ks])
             assert isinstance(out, slice)  # a group's outputs were allocated together
             step.mats.append((w, xr, out))
             temp = max(temp, 0 if isinstance(xr, slice) else len(key))
             stats["matmuls"] += 1
             stats["matmul_terms"] += w.size
-        extra += [(k, fa, fb) for k in sorted(in_product) for fa, fb in others[k]]
+        extra += [(k, fa, fb) for k in sorted(self.in_product) for fa, fb in self.others[k]]
         if extra:
             extra.sort(key=lambda t: t[0])  # stable
             step.extra = _Terms(extra, out_row, assign=False)
             temp = max(temp, 3 * len(extra))
-        rest = [(k, fa, fb) for k in order if k not in in_product for fa, fb in terms[k]]
+        rest = [(k, fa, fb) for k in self.order if k not in self.in_product
+                for fa, fb in self.terms[k]]
         if rest:
             step.rest = _Terms(rest, out_row, assign=True)
             temp = max(temp, 3 * len(rest))
-        step.temp = temp + (hi - lo)
+        step.temp = temp + (self.hi - self.lo)
         return [step]
 
-    return order, made
+    def _matrix(self, key: tuple[int, ...], ks: list[int]) -> tuple[
+        np.ndarray, Index, list[tuple[int, Factor, Factor]]
+    ]:
+        """A group's (W slots, x rows), and the bias terms taken out of W to keep x a slice."""
+        w = np.array([[s for _, s in self.mats[k]] for k in ks], np.int64)
+        xr = _index(list(key))
+        if self.ones_row in key and not isinstance(xr, slice):
+            j = key.index(self.ones_row)
+            rest_key = key[:j] + key[j + 1:]
+            if isinstance(_index(list(rest_key)), slice) and 2 * len(ks) < len(key):
+                # few outputs, many inputs: adding the bias beats copying the inputs
+                unit_slot = min(self.unit)
+                bias = [(k, (False, int(b)), (False, unit_slot))
+                        for k, b in zip(ks, w[:, j], strict=True)]
+                return np.delete(w, j, axis=1), _index(list(rest_key)), bias
+        return w, xr, []
 
 
 def _pieces(cols: np.ndarray, rows: Index, min_len: int = 8) -> list[tuple[np.ndarray, Index]]:
@@ -722,37 +756,77 @@ def _plan_results(
     slots = tape.result_slots.tolist()
     bs = tape.result_b.tolist()
     res = _Results(n_out=n_out, n_acc=len(slots) - n_out)
-
-    def split(cols: list[int], ss: list[int]) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
-        r = [(c, row(s)) for c, s in zip(cols, ss, strict=True) if not uniform[s]]
-        q = [(c, s) for c, s in zip(cols, ss, strict=True) if uniform[s]]
-        return (
-            (np.array([c for c, _ in r], np.int64), _index([x for _, x in r])),
-            (np.array([c for c, _ in q], np.int64), np.array([x for _, x in q], np.int64)),
-        )
-
-    res.val_rows, res.val_u = split(list(range(n_out)), slots[:n_out])
+    res.val_rows, res.val_u = _split_results(list(range(n_out)), slots[:n_out], uniform, row)
     plain = [k - n_out for k in range(n_out, len(slots)) if bs[k] < 0]
-    (pc, pr), res.plain_u = split(plain, [slots[c + n_out] for c in plain])
+    (pc, pr), res.plain_u = _split_results(plain, [slots[c + n_out] for c in plain], uniform,
+                                           row)
     res.plain_rows = _pieces(pc, pr)
-
     prods = [(k - n_out, slots[k], bs[k]) for k in range(n_out, len(slots)) if bs[k] >= 0]
     stats["products"] = len(prods)
-    cols = np.array([c for c, _, _ in prods], np.int64)
-    a_u = np.array([bool(uniform[a]) for _, a, _ in prods], bool)
-    b_u = np.array([bool(uniform[b]) for _, _, b in prods], bool)
-    a_ix = np.array([a if uniform[a] else row(a) for _, a, _ in prods], np.int64)
-    b_ix = np.array([b if uniform[b] else row(b) for _, _, b in prods], np.int64)
+    _plan_products(res, _Products(prods, uniform, row), stats)
+    _plan_per_row(res)
+    return res
 
-    # grids: rows grouped by their set of partners; each group G with partners P is the block
-    # G x P, kept if most of its entries are products still to compute
-    edges: dict[tuple[int, int], list[int]] = {}
-    partners: dict[int, set[int]] = {}
-    for i in np.flatnonzero(~a_u & ~b_u).tolist():
-        x, y = int(a_ix[i]), int(b_ix[i])
-        edges.setdefault((min(x, y), max(x, y)), []).append(i)
-        partners.setdefault(x, set()).add(y)
-        partners.setdefault(y, set()).add(x)
+
+def _split_results(
+    cols: list[int], ss: list[int], uniform: np.ndarray, row: Callable[[int], int]
+) -> tuple[tuple[np.ndarray, Index], tuple[np.ndarray, np.ndarray]]:
+    """Results `cols` read from slots `ss`: ``((columns, rows), (columns, uniform slots))``."""
+    r = [(c, row(s)) for c, s in zip(cols, ss, strict=True) if not uniform[s]]
+    q = [(c, s) for c, s in zip(cols, ss, strict=True) if uniform[s]]
+    return (
+        (np.array([c for c, _ in r], np.int64), _index([x for _, x in r])),
+        (np.array([c for c, _ in q], np.int64), np.array([x for _, x in q], np.int64)),
+    )
+
+
+class _Products:
+    """Accumulated results that are products ``a * b`` summed over the examples: their
+    columns, and for each factor whether it is uniform and its row (or uniform slot)."""
+
+    def __init__(self, prods: list[tuple[int, int, int]], uniform: np.ndarray,
+                 row: Callable[[int], int]) -> None:
+        self.cols = np.array([c for c, _, _ in prods], np.int64)
+        self.a_u = np.array([bool(uniform[a]) for _, a, _ in prods], bool)
+        self.b_u = np.array([bool(uniform[b]) for _, _, b in prods], bool)
+        self.a_ix = np.array([a if uniform[a] else row(a) for _, a, _ in prods], np.int64)
+        self.b_ix = np.array([b if uniform[b] else row(b) for _, _, b in prods], np.int64)
+
+    def edges(self) -> tuple[dict[tuple[int, int], list[int]], dict[int, set[int]]]:
+        """Products of two rows as edges between rows: ``{(low, high): products}``, and each
+        row's partners."""
+        edges: dict[tuple[int, int], list[int]] = {}
+        partners: dict[int, set[int]] = {}
+        for i in np.flatnonzero(~self.a_u & ~self.b_u).tolist():
+            x, y = int(self.a_ix[i]), int(self.b_ix[i])
+            edges.setdefault((min(x, y), max(x, y)), []).append(i)
+            partners.setdefault(x, set()).add(y)
+            partners.setdefault(y, set()).add(x)
+        return edges, partners
+
+
+def _plan_products(res: _Results, pr: _Products, stats: dict[str, int]) -> None:
+    """Grids first; the products no grid covers by the kinds of their factors."""
+    cols, a_ix, b_ix = pr.cols, pr.a_ix, pr.b_ix
+    edges, partners = pr.edges()
+    done = _plan_grids(res, cols, edges, partners, stats)
+    left = [i for e, ps in edges.items() if e not in done for i in ps]
+    res.prod_rr = (cols[left], _index(a_ix[left]), _index(b_ix[left]))
+    ru = np.flatnonzero(pr.a_u ^ pr.b_u)
+    # the per-example factor first
+    r_ix = np.where(pr.a_u[ru], b_ix[ru], a_ix[ru])
+    u_ix = np.where(pr.a_u[ru], a_ix[ru], b_ix[ru])
+    res.prod_ru = (cols[ru], _index(r_ix), u_ix.reshape(-1, 1))
+    uu = np.flatnonzero(pr.a_u & pr.b_u)
+    res.prod_uu = (cols[uu], a_ix[uu], b_ix[uu])
+
+
+def _plan_grids(
+    res: _Results, cols: np.ndarray, edges: dict[tuple[int, int], list[int]],
+    partners: dict[int, set[int]], stats: dict[str, int],
+) -> set[tuple[int, int]]:
+    """Rows grouped by their set of partners; each group G with partners P is the block G x P,
+    kept if most of its entries are products still to compute. Returns the edges covered."""
     by_set: dict[frozenset[int], list[int]] = {}
     for r, ps in partners.items():
         by_set.setdefault(frozenset(ps), []).append(r)
@@ -781,27 +855,23 @@ def _plan_results(
         )
         stats["grids"] += 1
         stats["grid_products"] += len(gcols)
-    left = [i for e, ps in edges.items() if e not in done for i in ps]
-    res.prod_rr = (cols[left], _index(a_ix[left]), _index(b_ix[left]))
-    ru = np.flatnonzero(a_u ^ b_u)
-    # the per-example factor first
-    r_ix = np.where(a_u[ru], b_ix[ru], a_ix[ru])
-    u_ix = np.where(a_u[ru], a_ix[ru], b_ix[ru])
-    res.prod_ru = (cols[ru], _index(r_ix), u_ix.reshape(-1, 1))
-    uu = np.flatnonzero(a_u & b_u)
-    res.prod_uu = (cols[uu], a_ix[uu], b_ix[uu])
+    return done
+
+
+def _plan_per_row(res: _Results) -> None:
+    """The per-row mode's list, result-major (see `_Results.per_row`)."""
     res.per_row = [("row", c, ix, None) for c, ix in res.plain_rows]
     if len(res.plain_u[0]):
         res.per_row.append(("u", res.plain_u[0], res.plain_u[1].reshape(-1, 1), None))
     for b_rows, a_rows, gcols, picks in res.grids:
         res.per_row.append(("grid", _strides(gcols, picks, b_rows, a_rows), b_rows, a_rows))
-    if len(left):
-        res.per_row.append(("rr", cols[left], _index(a_ix[left]), _index(b_ix[left])))
-    if len(ru):
-        res.per_row.append(("ru", cols[ru], _index(r_ix), u_ix.reshape(-1, 1)))
-    if len(uu):
-        res.per_row.append(("uu", cols[uu], a_ix[uu].reshape(-1, 1), b_ix[uu].reshape(-1, 1)))
-    return res
+    if len(res.prod_rr[0]):
+        res.per_row.append(("rr", *res.prod_rr))
+    if len(res.prod_ru[0]):
+        res.per_row.append(("ru", *res.prod_ru))
+    cols, ua, ub = res.prod_uu
+    if len(cols):
+        res.per_row.append(("uu", cols, ua.reshape(-1, 1), ub.reshape(-1, 1)))
 
 
 def _strides(gcols: np.ndarray, picks: np.ndarray, b_rows: Index, a_rows: Index) -> Any:
