@@ -12,6 +12,7 @@ import math
 import random
 import struct
 
+import mpmath
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -469,3 +470,102 @@ def test_empty_batch_and_inf_inputs():
     values, acc = np.zeros((0, 1)), np.zeros((1, f.n_params))
     vector.run(f.executor.tapes[_vg(f)], p, np.zeros((0, 4)), 1, values, acc, False)
     assert not acc.any()
+
+
+# ---- tanh's derivative where tanh saturates ----------------------------------------------------
+# The exact backends compute it by the op table's rule ``1 - tanh(n)**2``, which cancels to 0.0
+# from |n| about 19; the vector backend computes sech(n)**2 from n. Oracle: mpmath at 50 digits.
+
+
+def _rel_errors(got, exact):
+    """|got - exact| / |exact| in mpmath (exact 0 must be got exactly)."""
+    out = []
+    for g, e in zip(np.ravel(got).tolist(), exact, strict=True):
+        if e == 0:
+            assert g == 0.0, (g, e)
+        else:
+            out.append(float(abs((mpmath.mpf(g) - e) / e)))
+    return out
+
+
+def test_sech2_has_full_relative_accuracy_down_to_the_smallest_normal():
+    x = np.concatenate([np.linspace(0.0, 380.0, 7601), 10.0 ** np.linspace(-300, 0, 301)])
+    x = np.concatenate([x, -x])
+    with np.errstate(over="ignore"):  # cosh(x)**2 overflows: the result is 0.0
+        got = vector._sech2(x)
+    with mpmath.workdps(50):
+        exact = [mpmath.sech(mpmath.mpf(v)) ** 2 for v in x.tolist()]
+        normal = [i for i, e in enumerate(exact) if e >= np.finfo(float).tiny]
+        assert max(_rel_errors(got[normal], [exact[i] for i in normal])) < 1e-15
+    assert np.all(got[np.abs(x) > 356.0] == 0.0)  # subnormal or less: 0.0, never nan
+    with np.errstate(over="ignore"):
+        specials = vector._sech2(np.array([np.inf, -np.inf, np.nan, 1e308, -1e308, -0.0, 5e-324]))
+    assert np.array_equal(specials, [0.0, 0.0, np.nan, 0.0, 0.0, 1.0, 1.0], equal_nan=True)
+
+
+def test_gradient_of_a_saturating_tanh_keeps_relative_accuracy():
+    w = sg.Value(1.0, label="w")
+    x = sg.Value(0.0, label="x")
+    y = (w * x).tanh()
+    f = sg.compile(y, wrt=[w], inputs=[x], backend="vector")
+    exact_f = sg.compile(y, wrt=[w], inputs=[x], backend="tape")
+    assert "1 tanh derivatives as sech(n)**2" in f.source
+    X = np.linspace(-40.0, 40.0, 801).reshape(-1, 1)
+    with mpmath.workdps(50):
+        exact = [mpmath.mpf(v) * mpmath.sech(mpmath.mpf(v)) ** 2 for v in X[:, 0].tolist()]
+        values, grads = f.batch(None, X, reduce="none")
+        np.testing.assert_allclose(values, np.tanh(X[:, 0]), rtol=1e-15)
+        assert max(_rel_errors(grads[:, 0], exact)) < 1e-14
+        # summed over the saturated rows only (positive terms, so no cancellation)
+        far = X[:, 0] >= 20.0
+        _, total = f.batch(None, X[far], reduce="sum")
+        want = mpmath.fsum(e for e, k in zip(exact, far.tolist(), strict=True) if k)
+        assert _rel_errors(total, [want])[0] < 1e-14
+        # the exact backends' 1 - tanh**2 has no relative accuracy left there
+        _, tape_grads = exact_f.batch(None, X, reduce="none")
+        assert np.all(tape_grads[np.abs(X[:, 0]) >= 20.0] == 0.0)
+    # where the tape's gradient is special (nan, inf, signed zeros), the vector one is the same
+    Xs = np.array(SPECIAL).reshape(-1, 1)
+    _, g1 = exact_f.batch(None, Xs, reduce="none")
+    _, g2 = f.batch(None, Xs, reduce="none")
+    for a, b in zip(g2[:, 0].tolist(), g1[:, 0].tolist(), strict=True):
+        assert same_float(a, b) or (math.isfinite(b) and b != 0.0 and math.isclose(a, b)), (a, b)
+
+
+def test_mlp_gradients_keep_relative_accuracy_where_pre_activations_saturate():
+    """One tanh layer, a linear output: ``d out / d w1[i, j] = w2[i] sech(n_i)**2 x_j``. Small
+    integer weights and inputs make the pre-activations exact, so the oracle sees the same n."""
+    random.seed(0)
+    nin, hidden = 3, 8
+    model = MLP(nin, [hidden, 1], activation="tanh", output_activation="linear")
+    rng = np.random.default_rng(11)
+    layer1, (out_neuron,) = model.layers[0].neurons, model.layers[1].neurons
+    for nrn in layer1:
+        for v in [*nrn.w, nrn.b]:
+            v.data = float(rng.integers(-4, 5))
+    for v in [*out_neuron.w, out_neuron.b]:
+        v.data = float(rng.integers(1, 4)) * rng.choice([-0.5, 1.0])
+    x = [sg.Value(0.0, label=f"x{i}") for i in range(nin)]
+    params = model.parameters()
+    f = sg.compile(model(x), wrt=params, inputs=x, backend="vector")
+    plan = vector.plan(f.executor.tapes[_vg(f)], f.n_params, 1)
+    assert plan.stats["sech2"] == hidden
+    X = rng.integers(-6, 7, size=(40, nin)).astype(float)
+    _, grads = f.batch(None, X, reduce="none")
+    exact = []
+    with mpmath.workdps(50):
+        for row in X.tolist():
+            d_out = []
+            for nrn, w2 in zip(layer1, out_neuron.w, strict=True):
+                n = nrn.b.data + sum(wj.data * xj for wj, xj in zip(nrn.w, row, strict=True))
+                s2 = mpmath.mpf(w2.data) * mpmath.sech(mpmath.mpf(n)) ** 2
+                d_out += [s2 * mpmath.mpf(xj) for xj in row] + [s2]
+            tanhs = [mpmath.tanh(mpmath.mpf(nrn.b.data + sum(
+                wj.data * xj for wj, xj in zip(nrn.w, row, strict=True)))) for nrn in layer1]
+            exact += d_out + tanhs + [mpmath.mpf(1)]
+        assert max(_rel_errors(grads, exact)) < 1e-14
+    # the saturated neurons are there: the exact backend's gradients lose them entirely
+    exact_f = sg.compile(model(x), wrt=params, inputs=x, backend="tape")
+    _, tape_grads = exact_f.batch(None, X, reduce="none")
+    lost = (tape_grads == 0.0) & (grads != 0.0)
+    assert lost.sum() >= 20

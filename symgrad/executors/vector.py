@@ -14,7 +14,13 @@ This executor makes one NumPy call per run of the tape over many examples at a t
    per-example values, irregular steps) are summed by gathers, in the tape's order;
 3. gradients that are products summed over the examples (``Tape.result_b``) are grouped into
    blocks whose factor rows form a complete bipartite grid (every B row paired with every A
-   row); each block is one product ``work[B] @ work[A].T`` over the chunk's examples.
+   row); each block is one product ``work[B] @ work[A].T`` over the chunk's examples;
+4. tanh's derivative, which the IR computes by the op table's rule as ``d = 1.0 - o*o`` with
+   ``o = tanh(n)``, is computed as ``sech(n)**2 = 1 / cosh(n)**2`` from n instead (n is kept
+   alive until then, and the square o*o, if nothing else reads it, is not computed): ``1 - o*o``
+   cancels, it has no relative accuracy once tanh(n) is near 1 and is 0.0 from ``|n|`` about
+   19, which leaves a saturated unit with no gradient at all. sech(n)**2 keeps full relative
+   accuracy down to the smallest normal double (it is 0.0, never nan, beyond ``|n|`` about 355).
 
 Parameters and literals are never broadcast over examples: they live in a vector ``u`` indexed
 by tape slot, and only per-example values get workspace rows. Rows are given out again here
@@ -28,7 +34,12 @@ tape has them (no product adds a term the tape does not have, so no ``0 * inf`` 
 the tape lacks), except where a sum overflows part way in one order and not in the other, or a
 -0.0 sum becomes +0.0 and is then divided by. Sums outside matrix products keep the tape's order
 and bits. numpy's SIMD exp, log, tanh, pow may differ from libm's (the engine's, Numba's) by a
-few ulps. This is an explicit opt-in backend for that reason.
+few ulps. tanh's derivative is more accurate than the exact backends' (item 4), so a
+saturated unit's gradients differ from theirs by more than rounding: they are right where the
+exact backends' are 0.0 or have few correct digits. This is an explicit opt-in backend for these
+reasons; it pays on big models (dense layers of tens of units and more) over batches of hundreds
+of rows or more, where matrix products and numpy's vectorised tanh beat the exact backends,
+especially when the machine is busy.
 """
 
 from __future__ import annotations
@@ -189,6 +200,21 @@ def _derive(op: OpDef) -> VectorOp:
     if got.dtype != np.float64:
         raise ValueError(f"op {op.name!r}: array form {source!r} gives {got.dtype}, not float64")
     return VectorOp(op.name, source, fn, ufunc, pos)
+
+
+def _sech2(x: np.ndarray) -> np.ndarray:
+    """sech(x)**2 with full relative accuracy, as ``1 / cosh(x)**2`` (cosh has no cancellation,
+    and the square and reciprocal add two roundings). Past ``|x|`` about 355 cosh(x)**2
+    overflows to inf and the result is 0.0 (sech(x)**2 is subnormal there), never nan; nan
+    stays nan."""
+    c = np.cosh(x, out=np.empty(np.shape(x)))  # an array even for a uniform (0-d) operand
+    np.multiply(c, c, out=c)
+    return np.reciprocal(c, out=c)
+
+
+# tanh's derivative computed from tanh's operand n rather than from its output o: the op
+# table's ``1 - o*o`` (which the exact backends keep) cancels to 0.0 from |n| about 19
+SECH2 = VectorOp("sech2", "1.0 / np.cosh(x0) ** 2", _sech2, None, ())
 
 
 # ---- the plan: the tape rewritten as array steps ---------------------------------------------
@@ -423,7 +449,8 @@ class Plan:
         steps: callables ``step(work, u)``, in tape order.
         results: where results are read.
         temp_rows: the most rows of temporaries one step makes (for the memory estimate).
-        stats: counts for `describe` and tests (matrix products, grids, terms covered).
+        stats: counts for `describe` and tests (matrix products, grids, terms covered, tanh
+            derivatives computed from tanh's operand).
     """
 
     n_rows: int
@@ -451,45 +478,96 @@ class Plan:
         return (
             f"# vector plan: {len(self.steps)} steps, {self.n_rows} workspace rows, "
             f"{s['matmuls']} matrix products ({s['matmul_terms']} of {s['terms']} fused terms), "
-            f"{s['grids']} gradient grids ({s['grid_products']} of {s['products']} products)"
+            f"{s['grids']} gradient grids ({s['grid_products']} of {s['products']} products), "
+            f"{s['sech2']} tanh derivatives as sech(n)**2"
         )
 
 
-def _operand_vids(tape: Tape, uniform: np.ndarray, n_params: int) -> tuple[
-    dict[int, list[int]], dict[int, int], list[int], dict[int, int]
-]:
-    """Value ids: every write of a per-example slot is a new value. Returns (vids read per run,
-    last run reading each value, vids of the per-example arguments, slot -> vid at the end);
-    the id of instruction k's output is ``out_vid0 + k`` where out_vid0 = len(arguments)."""
+Operand = tuple[bool, int]  # (per-example?, its value id, or its uniform slot)
+
+
+@dataclass
+class _Values:
+    """Per-example values of a tape: every write of a per-example slot is a new value, with an
+    id (vid); instruction k's output is ``base + k``, the per-example arguments are 0..base-1.
+
+    Attributes:
+        base: the number of per-example arguments.
+        reads: run -> the vids it reads.
+        last: vid -> the last run reading it (``len(runs)`` for results); a vid not in it is
+            never read (a square only tanh's derivative read).
+        end: slot -> the vid it holds at the end.
+        sech2: instruction k computing ``1.0 - o*o`` with ``o = tanh(n)`` (tanh's derivative by
+            the op table's rule) -> n: k is computed as ``sech(n)**2`` from n.
+    """
+
+    base: int
+    reads: dict[int, list[int]] = field(default_factory=dict)
+    last: dict[int, int] = field(default_factory=dict)
+    end: dict[int, int] = field(default_factory=dict)
+    sech2: dict[int, Operand] = field(default_factory=dict)
+
+
+class _TanhDerivatives:
+    """Finds, while the tape is walked, ``d = sub(1.0, v)`` with ``v = mul(o, o)`` and
+    ``o = tanh(n)``. ``1 - tanh(n)**2`` cancels: it has no relative accuracy once tanh(n) is
+    near 1 and is 0.0 from ``|n|`` about 19, where sech(n)**2 is still far from underflow."""
+
+    def __init__(self, tape: Tape, uniform: np.ndarray, base: int) -> None:
+        self.tape, self.uniform, self.base = tape, uniform, base
+        self.ones = {int(s) for s, v in zip(tape.const_slots, tape.const_values, strict=True)
+                     if v == 1.0}
+        self.tanh_of: dict[int, Operand] = {}  # vid of o -> n
+        self.square_of: dict[int, Operand] = {}  # vid of v -> n
+        self.found: dict[int, Operand] = {}  # instruction of d -> n
+
+    def see(self, name: str, lo: int, hi: int, cur: dict[int, int]) -> None:
+        """Run [lo, hi) of op `name`, its operands' slots holding the vids `cur`."""
+        if name not in ("tanh", "mul", "sub"):
+            return
+        u, t = self.uniform, self.tape
+        for k, a, b in zip(range(lo, hi), t.a0[lo:hi].tolist(), t.a1[lo:hi].tolist(),
+                           strict=True):
+            if name == "tanh":
+                self.tanh_of[self.base + k] = (False, a) if u[a] else (True, cur[a])
+            elif name == "mul" and a == b and not u[a] and cur[a] in self.tanh_of:
+                self.square_of[self.base + k] = self.tanh_of[cur[a]]
+            elif name == "sub" and a in self.ones and not u[b] and cur[b] in self.square_of:
+                self.found[k] = self.square_of[cur[b]]
+
+
+def _operand_vids(tape: Tape, uniform: np.ndarray, n_params: int) -> _Values:
+    """The tape's per-example values, which runs read them, and tanh's derivatives."""
     x_slots = [int(s) for s in tape.arg_slots[n_params:]]
-    cur: dict[int, int] = {}
-    x_vids = []
-    for i, s in enumerate(x_slots):
-        cur[s] = i
-        x_vids.append(i)
-    base = len(x_slots)
-    last: dict[int, int] = {}
-    reads: dict[int, list[int]] = {}
+    cur = {s: i for i, s in enumerate(x_slots)}
+    vals = _Values(base=len(x_slots))
+    tanh_d = _TanhDerivatives(tape, uniform, vals.base)
     names = {v: k for k, v in OPCODES.items()}
     for g, (opc, lo, hi) in enumerate(tape.runs.tolist()):
         if opc == DOT:
             t0, t1 = int(tape.a0[lo]), int(tape.a1[hi - 1])
             slots = np.concatenate([tape.ta[t0:t1], tape.tb[t0:t1]])
+            extra: list[int] = []
         else:
+            tanh_d.see(names[opc], lo, hi, cur)
+            ks = [k for k in range(lo, hi) if k not in tanh_d.found]
             arity = OPS[names[opc]].arity
-            slots = np.concatenate([a[lo:hi] for a in _operand_arrays(tape)[:arity]])
+            slots = np.concatenate([a[ks] for a in _operand_arrays(tape)[:arity]])
+            extra = [n for k in range(lo, hi) if k in tanh_d.found
+                     for is_row, n in [tanh_d.found[k]] if is_row]
         slots = np.unique(slots[~uniform[slots]])
-        vids = [cur[int(s)] for s in slots]
+        vids = sorted({cur[int(s)] for s in slots} | set(extra))
         for v in vids:
-            last[v] = g
-        reads[g] = vids
+            vals.last[v] = g
+        vals.reads[g] = vids
         for k in range(lo, hi):
-            cur[int(tape.out[k])] = base + k
+            cur[int(tape.out[k])] = vals.base + k
     end = len(tape.runs)
     for s in np.concatenate([tape.result_slots, tape.result_b[tape.result_b >= 0]]).tolist():
         if not uniform[s]:
-            last[cur[s]] = end
-    return reads, last, x_vids, cur
+            vals.last[cur[s]] = end
+    vals.end, vals.sech2 = cur, tanh_d.found
+    return vals
 
 
 def _build(tape: Tape, n_params: int, n_out: int) -> Plan:
@@ -497,24 +575,22 @@ def _build(tape: Tape, n_params: int, n_out: int) -> Plan:
     uniform = np.zeros(tape.n_slots, bool)
     uniform[tape.arg_slots[:n_params]] = True
     uniform[tape.const_slots] = True
-    reads, last, x_vids, end_vid = _operand_vids(tape, uniform, n_params)
-    base = len(x_vids)
+    vals = _operand_vids(tape, uniform, n_params)
+    base = vals.base
     rows = _Rows()
     unit = {int(s) for s, v in zip(tape.const_slots, tape.const_values, strict=True)
             if v == 1.0}
     # a row of ones for the biases, just before the arguments' rows: a first layer's inputs
     # and the ones are then one slice
     ones_row = rows.alloc(1) if unit and bool(np.any(tape.runs[:, 0] == DOT)) else None
-    row_of: dict[int, int] = {}  # vid -> row
-    r0 = rows.alloc(len(x_vids))
-    for i, v in enumerate(x_vids):
-        row_of[v] = r0 + i
-    x_rows = slice(r0, r0 + len(x_vids))
-    cur: dict[int, int] = dict(zip(tape.arg_slots[n_params:].tolist(), x_vids, strict=True))
+    r0 = rows.alloc(base)
+    row_of: dict[int, int] = {v: r0 + v for v in range(base)}  # vid -> row
+    x_rows = slice(r0, r0 + base)
+    cur: dict[int, int] = dict(zip(tape.arg_slots[n_params:].tolist(), range(base), strict=True))
     names = {v: k for k, v in OPCODES.items()}
     steps: list[Callable[[np.ndarray, np.ndarray], None]] = []
     stats = {"matmuls": 0, "matmul_terms": 0, "terms": 0, "grids": 0, "grid_products": 0,
-             "products": 0}
+             "products": 0, "sech2": len(vals.sech2)}
     temp = 0
 
     def row(slot: int) -> int:
@@ -524,7 +600,7 @@ def _build(tape: Tape, n_params: int, n_out: int) -> Plan:
         if opc == DOT:
             order, made = _plan_dot(tape, lo, hi, uniform, row, stats, unit, ones_row)
         else:
-            order, made = _plan_elementwise(tape, names[opc], lo, hi, uniform, row)
+            order, made = _plan_run(tape, names[opc], lo, hi, uniform, row, vals, row_of)
         # outputs get a contiguous block BEFORE this run's dead operands are freed: no step
         # writes a row another of its operands is still read from
         start = rows.alloc(hi - lo)
@@ -535,13 +611,13 @@ def _build(tape: Tape, n_params: int, n_out: int) -> Plan:
         for step in made(out_row):
             steps.append(step)
             temp = max(temp, step.temp)  # type: ignore[attr-defined]
-        for v in reads[g]:
-            if last[v] == g:
+        for v in vals.reads[g]:
+            if vals.last[v] == g:
                 rows.free(row_of[v])
         for k in range(lo, hi):
-            if base + k not in last:  # never read: dead code
+            if base + k not in vals.last:  # never read: dead code
                 rows.free(row_of[base + k])
-    results = _plan_results(tape, n_out, uniform, lambda s: row_of[end_vid[s]], stats)
+    results = _plan_results(tape, n_out, uniform, lambda s: row_of[vals.end[s]], stats)
     return Plan(
         n_rows=max(len(rows), 1), x_rows=x_rows, ones_row=ones_row, n_slots=tape.n_slots,
         param_slots=tape.arg_slots[:n_params].copy(), const_slots=tape.const_slots,
@@ -558,52 +634,87 @@ def _operand_arrays(tape: Tape) -> tuple[np.ndarray, ...]:
     return tape.a0, tape.a1, tape.a2
 
 
-def _plan_elementwise(
-    tape: Tape, name: str, lo: int, hi: int, uniform: np.ndarray, row: Callable[[int], int]
+def _plan_run(
+    tape: Tape, name: str, lo: int, hi: int, uniform: np.ndarray, row: Callable[[int], int],
+    vals: _Values, row_of: dict[int, int],
 ) -> tuple[list[int], MadeSteps]:
-    """Split a run by which operands are per-example; each part is one vectorised call."""
-    vop = vector_op(name)
-    op = OPS[name]
+    """An elementwise run: tanh's derivatives from n (`SECH2`), the others by op `name`.
+    Instructions whose outputs are never read (squares only those derivatives read) are given
+    rows, last, but no step computes them."""
+    live = [k for k in range(lo, hi) if vals.base + k in vals.last]
+    plain = [k for k in live if k not in vals.sech2]
+    sech = [k for k in live if k in vals.sech2]
+    parts: list[tuple[list[int], MadeSteps]] = []
+    if plain:
+        arrays = _operand_arrays(tape)[: OPS[name].arity]
+
+        def operands(k: int) -> list[Factor]:
+            ss = [int(a[k]) for a in arrays]
+            return [(False, s) if uniform[s] else (True, row(s)) for s in ss]
+
+        parts.append(_plan_elementwise(vector_op(name), plain, operands,
+                                       tape.p if OPS[name].params else None))
+    if sech:
+
+        def pre_activation(k: int) -> list[Factor]:
+            is_row, n = vals.sech2[k]
+            return [(True, row_of[n]) if is_row else (False, n)]
+
+        parts.append(_plan_elementwise(SECH2, sech, pre_activation, None))
+    dead = [k for k in range(lo, hi) if vals.base + k not in vals.last]
+    order = [k for o, _ in parts for k in o] + dead
+
+    def made(out_row: dict[int, int]) -> list[Any]:
+        return [step for _, m in parts for step in m(out_row)]
+
+    return order, made
+
+
+def _plan_elementwise(
+    vop: VectorOp, ks: list[int], operands: Callable[[int], list[Factor]],
+    params: np.ndarray | None,
+) -> tuple[list[int], MadeSteps]:
+    """Instructions `ks` of one op, with `operands` (a workspace row or a uniform slot each)
+    and static parameters ``params[k]`` (pow's exponent) or None; each part with the same
+    pattern of per-example and uniform operands is one vectorised call."""
     parts: dict[tuple[bool, ...], list[int]] = {}
-    operands = _operand_arrays(tape)[: op.arity]
-    for k in range(lo, hi):
-        ops = [int(a[k]) for a in operands]
-        parts.setdefault(tuple(bool(uniform[s]) for s in ops), []).append(k)
+    of = {k: operands(k) for k in ks}
+    for k in ks:
+        parts.setdefault(tuple(not is_row for is_row, _ in of[k]), []).append(k)
 
     def operand_rows(k: int) -> tuple[int, ...]:
-        ops = [int(a[k]) for a in operands]
         # parameters' slots break ties: w[j] * ct (one ct row for all j) goes in j's order
-        return tuple(row(s) for s in ops if not uniform[s]) + tuple(
-            s for s in ops if uniform[s])
+        return tuple(x for is_row, x in of[k] if is_row) + tuple(
+            x for is_row, x in of[k] if not is_row)
 
     # in the order of their operands' rows (the backward pass reads a layer's values in
     # reverse), so that operands are slices; this run's outputs are laid out in the same order
-    for ks in parts.values():
-        ks.sort(key=operand_rows)
-    order = [k for ks in parts.values() for k in ks]
+    for pks in parts.values():
+        pks.sort(key=operand_rows)
+    order = [k for pks in parts.values() for k in pks]
     part_args = []
-    for pattern, ks in parts.items():
+    for pattern, pks in parts.items():
         args: list[tuple[str, Any]] = []
         for i, is_u in enumerate(pattern):
-            slots = operands[i][ks]
-            if is_u and len(set(slots.tolist())) == 1:
+            xs = [of[k][i][1] for k in pks]
+            if is_u and len(set(xs)) == 1:
                 # one literal for the whole run (1.0 - x): a scalar, numpy's fast path
-                args.append(("uniform", int(slots[0])))
+                args.append(("uniform", xs[0]))
             elif is_u:
-                args.append(("uniform", slots.reshape(-1, 1)))
+                args.append(("uniform", np.array(xs, np.int64).reshape(-1, 1)))
             else:
-                args.append(("rows", _index([row(int(s)) for s in slots], broadcast=True)))
-        if op.params:  # pow's exponent: one per instruction
-            ps = tape.p[ks]
+                args.append(("rows", _index(xs, broadcast=True)))
+        if params is not None:  # pow's exponent: one per instruction
+            ps = params[pks]
             if bool(np.all(ps == ps[0])) and float(ps[0]) not in SCALAR_UNSAFE:
                 args.append(("param", np.float64(ps[0])))
             else:
                 args.append(("param_array", ps.reshape(-1, 1).copy()))
-        part_args.append((args, ks))
+        part_args.append((args, pks))
 
     def made(out_row: dict[int, int]) -> list[Any]:
-        return [_Elementwise(vop, args, _index([out_row[k] for k in ks]), len(ks))
-                for args, ks in part_args]
+        return [_Elementwise(vop, args, _index([out_row[k] for k in pks]), len(pks))
+                for args, pks in part_args]
 
     return order, made
 
@@ -618,82 +729,116 @@ def _plan_dot(
     becomes ``b * ones_row``, a column of W, instead of a separate broadcast addition. Steps in
     no group keep all their terms, in the tape's order (`_Terms`).
     """
-    terms: dict[int, list[tuple[Factor, Factor]]] = {}  # per step, in the tape's order
-    mats: dict[int, list[tuple[int, int]]] = {}  # step -> [(row, uniform slot)]
-    others: dict[int, list[tuple[Factor, Factor]]] = {}  # the terms not in mats
-    groups: dict[tuple[int, ...], list[int]] = {}
+    dr = _DotRun(lo, hi, unit, ones_row)
     for k in range(lo, hi):
-        ts, m, o = [], [], []
-        for t in range(int(tape.a0[k]), int(tape.a1[k])):
-            fa = (not uniform[tape.ta[t]], int(tape.ta[t]))
-            fb = (not uniform[tape.tb[t]], int(tape.tb[t]))
-            fa, fb = [(True, row(x)) if is_row else (False, x) for is_row, x in (fa, fb)]
-            if fb[0] and not fa[0]:
-                fa, fb = fb, fa  # products commute exactly: the per-example factor first
-            ts.append((fa, fb))
-            if fa[0] and not fb[0]:
-                m.append((fa[1], fb[1]))
-            else:
-                o.append((fa, fb))
-        if m and ones_row is not None:
+        ts = _step_terms(tape, k, uniform, row)
+        dr.add_step(k, ts)
+        stats["terms"] += len(ts)
+    dr.choose_products()
+    return dr.order, lambda out_row: dr.made(out_row, stats)
+
+
+def _step_terms(
+    tape: Tape, k: int, uniform: np.ndarray, row: Callable[[int], int]
+) -> list[tuple[Factor, Factor]]:
+    """Step k's terms in the tape's order, each with its per-example factor (if any) first."""
+    ts = []
+    for t in range(int(tape.a0[k]), int(tape.a1[k])):
+        fa, fb = [(True, row(x)) if not uniform[x] else (False, x)
+                  for x in (int(tape.ta[t]), int(tape.tb[t]))]
+        if fb[0] and not fa[0]:
+            fa, fb = fb, fa  # products commute exactly: the per-example factor first
+        ts.append((fa, fb))
+    return ts
+
+
+@dataclass
+class _DotRun:
+    """A DOT run's steps sorted into matrix-product groups and terms summed by gathers."""
+
+    lo: int
+    hi: int
+    unit: set[int]  # slots of the literal 1.0
+    ones_row: int | None
+    terms: dict[int, list[tuple[Factor, Factor]]] = field(default_factory=dict)  # tape's order
+    mats: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # [(row, uniform slot)]
+    others: dict[int, list[tuple[Factor, Factor]]] = field(default_factory=dict)  # not in mats
+    groups: dict[tuple[int, ...], list[int]] = field(default_factory=dict)  # rows -> steps
+    products: list[tuple[tuple[int, ...], list[int]]] = field(default_factory=list)
+    in_product: set[int] = field(default_factory=set)
+    order: list[int] = field(default_factory=list)
+
+    def add_step(self, k: int, ts: list[tuple[Factor, Factor]]) -> None:
+        """Split step k's terms into row x uniform ones (a row of W) and the others."""
+        m = [(fa[1], fb[1]) for fa, fb in ts if fa[0] and not fb[0]]
+        o = [(fa, fb) for fa, fb in ts if not (fa[0] and not fb[0])]
+        if m and self.ones_row is not None:
             for i, (fa, fb) in enumerate(o):
-                if not fa[0] and not fb[0] and (fa[1] in unit or fb[1] in unit):
+                if not fa[0] and not fb[0] and (fa[1] in self.unit or fb[1] in self.unit):
                     # b * 1.0 == b * ones exactly, inf and nan too
-                    m.append((ones_row, fa[1] if fb[1] in unit else fb[1]))
+                    m.append((self.ones_row, fa[1] if fb[1] in self.unit else fb[1]))
                     del o[i]
                     break
         m.sort(key=lambda rs: rs[0])  # stable: duplicate rows keep their order
-        terms[k], mats[k], others[k] = ts, m, o
-        stats["terms"] += len(ts)
+        self.terms[k], self.mats[k], self.others[k] = ts, m, o
         if m:
-            groups.setdefault(tuple(r for r, _ in m), []).append(k)
-    # the biggest groups become matrix products; the other steps are pooled gathers
-    ranked = sorted(groups.items(), key=lambda kv: -len(kv[0]) * len(kv[1]))
-    products = [(key, ks) for key, ks in ranked if len(ks) >= 2 or len(key) >= 8]
-    products = products[:MAX_MATMULS]
-    for _, ks in products:  # by their parameters' slots: neuron order, forward and backward
-        ks.sort(key=lambda k: [s for _, s in mats[k]])
-    in_product = {k for _, ks in products for k in ks}
-    order = [k for _, ks in products for k in ks] + [
-        k for k in range(lo, hi) if k not in in_product
-    ]
+            self.groups.setdefault(tuple(r for r, _ in m), []).append(k)
 
-    def made(out_row: dict[int, int]) -> list[Any]:
+    def choose_products(self) -> None:
+        """The biggest groups become matrix products; the other steps are pooled gathers."""
+        ranked = sorted(self.groups.items(), key=lambda kv: -len(kv[0]) * len(kv[1]))
+        products = [(key, ks) for key, ks in ranked if len(ks) >= 2 or len(key) >= 8]
+        self.products = products[:MAX_MATMULS]
+        for _, ks in self.products:  # by their parameters' slots: neuron order, both passes
+            ks.sort(key=lambda k: [s for _, s in self.mats[k]])
+        self.in_product = {k for _, ks in self.products for k in ks}
+        self.order = [k for _, ks in self.products for k in ks] + [
+            k for k in range(self.lo, self.hi) if k not in self.in_product
+        ]
+
+    def made(self, out_row: dict[int, int], stats: dict[str, int]) -> list[Any]:
+        """The run's one step, its outputs at `out_row`."""
         step = _Dot()
         temp = 0
         extra: list[tuple[int, Factor, Factor]] = []
-        unit_slot = min(unit) if unit else -1
-        for key, ks in products:
-            w = np.array([[s for _, s in mats[k]] for k in ks], np.int64)
-            xr = _index(list(key))
-            if ones_row in key and not isinstance(xr, slice):
-                j = key.index(ones_row)
-                rest_key = key[:j] + key[j + 1:]
-                if isinstance(_index(list(rest_key)), slice) and 2 * len(ks) < len(key):
-                    # few outputs, many inputs: adding the bias beats copying the inputs
-                    extra += [(k, (False, int(b)), (False, unit_slot))
-                              for k, b in zip(ks, w[:, j], strict=True)]
-                    w = np.delete(w, j, axis=1)
-                    xr = _index(list(rest_key))
+        for key, ks in self.products:
+            w, xr, bias = self._matrix(key, ks)
+            extra += bias
             out = _index([out_row[k] for k in ks])
             assert isinstance(out, slice)  # a group's outputs were allocated together
             step.mats.append((w, xr, out))
             temp = max(temp, 0 if isinstance(xr, slice) else len(key))
             stats["matmuls"] += 1
             stats["matmul_terms"] += w.size
-        extra += [(k, fa, fb) for k in sorted(in_product) for fa, fb in others[k]]
+        extra += [(k, fa, fb) for k in sorted(self.in_product) for fa, fb in self.others[k]]
         if extra:
             extra.sort(key=lambda t: t[0])  # stable
             step.extra = _Terms(extra, out_row, assign=False)
             temp = max(temp, 3 * len(extra))
-        rest = [(k, fa, fb) for k in order if k not in in_product for fa, fb in terms[k]]
+        rest = [(k, fa, fb) for k in self.order if k not in self.in_product
+                for fa, fb in self.terms[k]]
         if rest:
             step.rest = _Terms(rest, out_row, assign=True)
             temp = max(temp, 3 * len(rest))
-        step.temp = temp + (hi - lo)
+        step.temp = temp + (self.hi - self.lo)
         return [step]
 
-    return order, made
+    def _matrix(self, key: tuple[int, ...], ks: list[int]) -> tuple[
+        np.ndarray, Index, list[tuple[int, Factor, Factor]]
+    ]:
+        """A group's (W slots, x rows), and the bias terms taken out of W to keep x a slice."""
+        w = np.array([[s for _, s in self.mats[k]] for k in ks], np.int64)
+        xr = _index(list(key))
+        if self.ones_row in key and not isinstance(xr, slice):
+            j = key.index(self.ones_row)
+            rest_key = key[:j] + key[j + 1:]
+            if isinstance(_index(list(rest_key)), slice) and 2 * len(ks) < len(key):
+                # few outputs, many inputs: adding the bias beats copying the inputs
+                unit_slot = min(self.unit)
+                bias = [(k, (False, int(b)), (False, unit_slot))
+                        for k, b in zip(ks, w[:, j], strict=True)]
+                return np.delete(w, j, axis=1), _index(list(rest_key)), bias
+        return w, xr, []
 
 
 def _pieces(cols: np.ndarray, rows: Index, min_len: int = 8) -> list[tuple[np.ndarray, Index]]:
@@ -722,37 +867,77 @@ def _plan_results(
     slots = tape.result_slots.tolist()
     bs = tape.result_b.tolist()
     res = _Results(n_out=n_out, n_acc=len(slots) - n_out)
-
-    def split(cols: list[int], ss: list[int]) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
-        r = [(c, row(s)) for c, s in zip(cols, ss, strict=True) if not uniform[s]]
-        q = [(c, s) for c, s in zip(cols, ss, strict=True) if uniform[s]]
-        return (
-            (np.array([c for c, _ in r], np.int64), _index([x for _, x in r])),
-            (np.array([c for c, _ in q], np.int64), np.array([x for _, x in q], np.int64)),
-        )
-
-    res.val_rows, res.val_u = split(list(range(n_out)), slots[:n_out])
+    res.val_rows, res.val_u = _split_results(list(range(n_out)), slots[:n_out], uniform, row)
     plain = [k - n_out for k in range(n_out, len(slots)) if bs[k] < 0]
-    (pc, pr), res.plain_u = split(plain, [slots[c + n_out] for c in plain])
+    (pc, pr), res.plain_u = _split_results(plain, [slots[c + n_out] for c in plain], uniform,
+                                           row)
     res.plain_rows = _pieces(pc, pr)
-
     prods = [(k - n_out, slots[k], bs[k]) for k in range(n_out, len(slots)) if bs[k] >= 0]
     stats["products"] = len(prods)
-    cols = np.array([c for c, _, _ in prods], np.int64)
-    a_u = np.array([bool(uniform[a]) for _, a, _ in prods], bool)
-    b_u = np.array([bool(uniform[b]) for _, _, b in prods], bool)
-    a_ix = np.array([a if uniform[a] else row(a) for _, a, _ in prods], np.int64)
-    b_ix = np.array([b if uniform[b] else row(b) for _, _, b in prods], np.int64)
+    _plan_products(res, _Products(prods, uniform, row), stats)
+    _plan_per_row(res)
+    return res
 
-    # grids: rows grouped by their set of partners; each group G with partners P is the block
-    # G x P, kept if most of its entries are products still to compute
-    edges: dict[tuple[int, int], list[int]] = {}
-    partners: dict[int, set[int]] = {}
-    for i in np.flatnonzero(~a_u & ~b_u).tolist():
-        x, y = int(a_ix[i]), int(b_ix[i])
-        edges.setdefault((min(x, y), max(x, y)), []).append(i)
-        partners.setdefault(x, set()).add(y)
-        partners.setdefault(y, set()).add(x)
+
+def _split_results(
+    cols: list[int], ss: list[int], uniform: np.ndarray, row: Callable[[int], int]
+) -> tuple[tuple[np.ndarray, Index], tuple[np.ndarray, np.ndarray]]:
+    """Results `cols` read from slots `ss`: ``((columns, rows), (columns, uniform slots))``."""
+    r = [(c, row(s)) for c, s in zip(cols, ss, strict=True) if not uniform[s]]
+    q = [(c, s) for c, s in zip(cols, ss, strict=True) if uniform[s]]
+    return (
+        (np.array([c for c, _ in r], np.int64), _index([x for _, x in r])),
+        (np.array([c for c, _ in q], np.int64), np.array([x for _, x in q], np.int64)),
+    )
+
+
+class _Products:
+    """Accumulated results that are products ``a * b`` summed over the examples: their
+    columns, and for each factor whether it is uniform and its row (or uniform slot)."""
+
+    def __init__(self, prods: list[tuple[int, int, int]], uniform: np.ndarray,
+                 row: Callable[[int], int]) -> None:
+        self.cols = np.array([c for c, _, _ in prods], np.int64)
+        self.a_u = np.array([bool(uniform[a]) for _, a, _ in prods], bool)
+        self.b_u = np.array([bool(uniform[b]) for _, _, b in prods], bool)
+        self.a_ix = np.array([a if uniform[a] else row(a) for _, a, _ in prods], np.int64)
+        self.b_ix = np.array([b if uniform[b] else row(b) for _, _, b in prods], np.int64)
+
+    def edges(self) -> tuple[dict[tuple[int, int], list[int]], dict[int, set[int]]]:
+        """Products of two rows as edges between rows: ``{(low, high): products}``, and each
+        row's partners."""
+        edges: dict[tuple[int, int], list[int]] = {}
+        partners: dict[int, set[int]] = {}
+        for i in np.flatnonzero(~self.a_u & ~self.b_u).tolist():
+            x, y = int(self.a_ix[i]), int(self.b_ix[i])
+            edges.setdefault((min(x, y), max(x, y)), []).append(i)
+            partners.setdefault(x, set()).add(y)
+            partners.setdefault(y, set()).add(x)
+        return edges, partners
+
+
+def _plan_products(res: _Results, pr: _Products, stats: dict[str, int]) -> None:
+    """Grids first; the products no grid covers by the kinds of their factors."""
+    cols, a_ix, b_ix = pr.cols, pr.a_ix, pr.b_ix
+    edges, partners = pr.edges()
+    done = _plan_grids(res, cols, edges, partners, stats)
+    left = [i for e, ps in edges.items() if e not in done for i in ps]
+    res.prod_rr = (cols[left], _index(a_ix[left]), _index(b_ix[left]))
+    ru = np.flatnonzero(pr.a_u ^ pr.b_u)
+    # the per-example factor first
+    r_ix = np.where(pr.a_u[ru], b_ix[ru], a_ix[ru])
+    u_ix = np.where(pr.a_u[ru], a_ix[ru], b_ix[ru])
+    res.prod_ru = (cols[ru], _index(r_ix), u_ix.reshape(-1, 1))
+    uu = np.flatnonzero(pr.a_u & pr.b_u)
+    res.prod_uu = (cols[uu], a_ix[uu], b_ix[uu])
+
+
+def _plan_grids(
+    res: _Results, cols: np.ndarray, edges: dict[tuple[int, int], list[int]],
+    partners: dict[int, set[int]], stats: dict[str, int],
+) -> set[tuple[int, int]]:
+    """Rows grouped by their set of partners; each group G with partners P is the block G x P,
+    kept if most of its entries are products still to compute. Returns the edges covered."""
     by_set: dict[frozenset[int], list[int]] = {}
     for r, ps in partners.items():
         by_set.setdefault(frozenset(ps), []).append(r)
@@ -781,27 +966,23 @@ def _plan_results(
         )
         stats["grids"] += 1
         stats["grid_products"] += len(gcols)
-    left = [i for e, ps in edges.items() if e not in done for i in ps]
-    res.prod_rr = (cols[left], _index(a_ix[left]), _index(b_ix[left]))
-    ru = np.flatnonzero(a_u ^ b_u)
-    # the per-example factor first
-    r_ix = np.where(a_u[ru], b_ix[ru], a_ix[ru])
-    u_ix = np.where(a_u[ru], a_ix[ru], b_ix[ru])
-    res.prod_ru = (cols[ru], _index(r_ix), u_ix.reshape(-1, 1))
-    uu = np.flatnonzero(a_u & b_u)
-    res.prod_uu = (cols[uu], a_ix[uu], b_ix[uu])
+    return done
+
+
+def _plan_per_row(res: _Results) -> None:
+    """The per-row mode's list, result-major (see `_Results.per_row`)."""
     res.per_row = [("row", c, ix, None) for c, ix in res.plain_rows]
     if len(res.plain_u[0]):
         res.per_row.append(("u", res.plain_u[0], res.plain_u[1].reshape(-1, 1), None))
     for b_rows, a_rows, gcols, picks in res.grids:
         res.per_row.append(("grid", _strides(gcols, picks, b_rows, a_rows), b_rows, a_rows))
-    if len(left):
-        res.per_row.append(("rr", cols[left], _index(a_ix[left]), _index(b_ix[left])))
-    if len(ru):
-        res.per_row.append(("ru", cols[ru], _index(r_ix), u_ix.reshape(-1, 1)))
-    if len(uu):
-        res.per_row.append(("uu", cols[uu], a_ix[uu].reshape(-1, 1), b_ix[uu].reshape(-1, 1)))
-    return res
+    if len(res.prod_rr[0]):
+        res.per_row.append(("rr", *res.prod_rr))
+    if len(res.prod_ru[0]):
+        res.per_row.append(("ru", *res.prod_ru))
+    cols, ua, ub = res.prod_uu
+    if len(cols):
+        res.per_row.append(("uu", cols, ua.reshape(-1, 1), ub.reshape(-1, 1)))
 
 
 def _strides(gcols: np.ndarray, picks: np.ndarray, b_rows: Index, a_rows: Index) -> Any:
