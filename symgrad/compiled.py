@@ -3,7 +3,9 @@
 Imports `engine`, `ir`, `layout`, `autodiff`, `passes`, `pipeline`, `cache`, `jit` and the
 `executors` registry (never a concrete executor). Arguments are validated here, before any
 compiled code runs, so a user sees a clear ValueError/TypeError naming the argument, never a
-Numba typing error; the executor the registry chose runs the kernels.
+Numba typing error; the executor the registry chose runs the kernels. Compiled objects pickle
+as their IR, leaves' labels and values (`Program.__reduce__`); `Compiled.save` writes a
+standalone module through `export`, imported when first used.
 """
 
 from __future__ import annotations

@@ -423,3 +423,11 @@ def test_generated_line_source_runs_with_numpy_alone() -> None:
             acc = bufs.sum(axis=0)
         np.testing.assert_allclose(values[:, 0], want_values, rtol=1e-15)
         np.testing.assert_allclose(acc[0], want_grad, rtol=1e-14)
+
+
+def test_tape_source_runs_by_itself() -> None:
+    a, x = sg.Value(0.5, label="a"), sg.Value(1.0, label="x")
+    f = sg.compile((a * x).tanh() ** 2, wrt=[a], inputs=[x], backend="tape")
+    ns: dict[str, Any] = {}
+    exec(compile(f.source, "<f.source>", "exec"), ns)  # the listing, then the interpreter
+    assert callable(ns["run_sums"]) and callable(ns["run_elementwise"])
