@@ -20,7 +20,7 @@ from .ir import Const, Func, Instr, Var, atom_text, instr_text, names
 from .layout import ALIGN, CHUNK_ROWS, MAX_CHUNKS, Kernel, Layout
 from .ops import OPS, format_literal
 
-__all__ = ["batch_source", "instr_source", "kernel_source", "module_source"]
+__all__ = ["batch_source", "instr_source", "kernel_source", "module_body", "module_source"]
 
 
 def instr_source(ins: Instr, nm: dict[Var, str]) -> str:
@@ -187,12 +187,42 @@ class _BatchLoops:
         return "\n".join(lines) + "\n"
 
 
-def module_source(header: str, kernels: Sequence[Kernel]) -> str:
-    """A whole generated module: a header comment, then each kernel and its batch loops."""
-    parts = [f"# {line}" for line in header.splitlines()] + ["import numpy as np", "", ""]
-    out = "\n".join(parts) + "\n"
+def module_body(kernels: Sequence[Kernel]) -> str:
+    """Each kernel and its batch loops, as source (what `module_source` wraps)."""
     chunks = []
     for k in kernels:
         chunks.append(kernel_source(k.func, k.name, k.layout))
         chunks.append(batch_source(k.name, k.layout))
-    return out + "\n\n".join(chunks)
+    return "\n\n".join(chunks)
+
+
+# symgrad binds pow_libm and fetch_add before a generated module runs; run by itself (e.g. with
+# exec), the module defines stand-ins at its end. No string literals: see the hostile-label test.
+_POW_STAND_IN = """
+try:
+    pow_libm
+except NameError:
+    def pow_libm(x, p):  # C pow(x, p), as numpy computes a float64 power
+        return np.float64(x) ** np.float64(p)
+"""
+_FETCH_ADD_STAND_IN = """
+try:
+    fetch_add
+except NameError:
+    def fetch_add(counter):  # counter[0] += 1, returning the old value (one thread)
+        c = int(counter[0])
+        counter[0] += 1
+        return c
+"""
+
+
+def module_source(header: str, kernels: Sequence[Kernel]) -> str:
+    """A whole generated module: a header comment, then each kernel and its batch loops, then
+    stand-ins for the functions symgrad provides (so that ``exec(f.source)`` runs)."""
+    parts = [f"# {line}" for line in header.splitlines()] + ["import numpy as np", "", ""]
+    body = module_body(kernels)
+    stand_ins = [_POW_STAND_IN] if "pow_libm(" in body else []
+    stand_ins.append(_FETCH_ADD_STAND_IN)
+    tail = "\n\n# run without symgrad (e.g. exec), these stand in for what it binds\n"
+    tail += "\n".join(s.strip("\n") + "\n" for s in stand_ins)
+    return "\n".join(parts) + "\n" + body + tail

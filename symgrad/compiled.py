@@ -3,15 +3,20 @@
 Imports `engine`, `ir`, `layout`, `autodiff`, `passes`, `pipeline`, `cache`, `jit` and the
 `executors` registry (never a concrete executor). Arguments are validated here, before any
 compiled code runs, so a user sees a clear ValueError/TypeError naming the argument, never a
-Numba typing error; the executor the registry chose runs the kernels.
+Numba typing error; the executor the registry chose runs the kernels. Compiled objects pickle
+as their IR, leaves' labels and values (`Program.__reduce__`); `Compiled.save` writes a
+standalone module through `export`, imported when first used.
 """
 
 from __future__ import annotations
 
+import copy
 import html
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +29,8 @@ from .layout import Kernel, Layout
 from .passes import optimize as run_passes
 from .pipeline import back_end, compiling, debug, debug_level, front_end, record_stage, stage
 from .trace import Traced
+
+_PICKLE_FORMAT = 1  # the layout of a pickled compiled object's state (`Program.__reduce__`)
 
 __all__ = ["Compiled", "Program", "compile", "is_dask"]
 
@@ -164,6 +171,39 @@ class Program:
         """The `inputs` leaves' current ``.data``, the default `inputs`."""
         return np.array([v.data for v in self._inputs], dtype=np.float64)
 
+    # ---- persistence: pickle and copy ----------------------------------------------------------
+
+    def _ir_funcs(self) -> tuple[Func, ...]:
+        """The IR functions the constructor takes after the traced graph."""
+        return (self.ir,)  # type: ignore[attr-defined]  # every subclass sets `ir`
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as what the object was built from: the IR, the leaves' labels and current
+        values, the backend and the stats. Generated code, Numba's machine code and the
+        Value graph do not travel: loading rebuilds the executor from the IR, through the
+        persistent cache when it is on (no JIT when this machine compiled the same model)."""
+        leaves = {k: [(v.label, v.data) for v in vs]
+                  for k, vs in (("wrt", self._wrt), ("inputs", self._inputs))}
+        state = {"format": _PICKLE_FORMAT, "traced_ir": self.traced_ir, "ir": self._ir_funcs(),
+                 "backend": self.backend, "stats": self.stats, "n_out": self.n_out, **leaves}
+        return (_restore, (type(self), state))
+
+    def __copy__(self) -> Program:
+        """A shallow copy: the same leaves, IR and compiled code."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new._callers = dict(self._callers)
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Program:
+        """A copy as pickling makes one (fresh leaves with the labels and current values, its
+        own stats) that shares the IR and the compiled code, which never change."""
+        new = self.__copy__()
+        new._wrt, new._inputs = _fresh_leaves(self._wrt), _fresh_leaves(self._inputs)
+        new.stats = copy.deepcopy(self.stats, memo)
+        memo[id(self)] = new
+        return new
+
     def _run(self, kernel: str, batch: executors.BatchMode | None, *arrays: np.ndarray) -> None:
         try:
             self._dispatch(kernel, batch, arrays)
@@ -267,6 +307,38 @@ class Program:
         return outs, args[: self.n_params], args[self.n_params:]
 
 
+def _fresh_leaves(leaves: Iterable[Value]) -> tuple[Value, ...]:
+    """New leaves with the same labels and current values, tied to no graph."""
+    return tuple(Value(v.data, label=v.label) for v in leaves)
+
+
+def _restore(cls: type[Program], state: dict[str, Any]) -> Program:
+    """A pickled compiled object, rebuilt (see `Program.__reduce__`).
+
+    Its `wrt` and `inputs` are fresh leaves carrying the labels and the values they had when
+    it was pickled, so ``params=None`` and ``inputs=None`` mean those values; they belong to
+    no Value graph (the model's own leaves stay in the process that compiled it).
+    """
+    if not isinstance(state, dict) or state.get("format") != _PICKLE_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"cannot load a pickled {cls.__name__}: its state has format "
+                         f"{found!r}, this symgrad reads format {_PICKLE_FORMAT}")
+    wrt = tuple(Value(d, label=lab) for lab, d in state["wrt"])
+    inputs = tuple(Value(d, label=lab) for lab, d in state["inputs"])
+    # the constructors read only how many outputs there are
+    outputs = tuple(Value(math.nan) for _ in range(state["n_out"]))
+    traced = Traced(state["traced_ir"], wrt, inputs, outputs)
+    stats = state["stats"]
+    seconds = dict(stats["seconds"])
+    t0 = time.perf_counter()
+    with compiling():
+        stage("loading a pickled compiled function", traced.func.name)
+        obj = cls(traced, *state["ir"], state["backend"], stats, t0)  # type: ignore[call-arg]
+    # the compile's own seconds, and this load's; stats["cache"] says how the load went
+    obj.stats["seconds"] = {**seconds, "load": time.perf_counter() - t0}
+    return obj
+
+
 def _listing(what: str, items: list[str], show: int = 4) -> str:
     """``3 params (w1, w2, b)``: the count and the first names."""
     head = f"{len(items)} {what}{'' if len(items) == 1 else 's'}"
@@ -282,6 +354,9 @@ class Compiled(Program):
     Call it as ``value, grad = f(params, inputs)``; see `compile`. Attributes: `ir` (the optimised
     IR, printable), `forward_ir`, `traced_ir`, `source` (the generated Python module), `stats`,
     `backend`, `wrt_names`, `input_names`, `n_out`.
+
+    It pickles and deep-copies (the IR travels, and the executor is rebuilt through the
+    persistent cache; see `Program.__reduce__`), and `save` writes it as a standalone module.
     """
 
     def __init__(
@@ -302,6 +377,29 @@ class Compiled(Program):
         kernels = [Kernel(grad_func, self._vg, grad_layout),
                    Kernel(fwd_func, self._fw, fwd_layout)]
         super().__init__(traced, kernels, backend, stats, t0)
+
+    def _ir_funcs(self) -> tuple[Func, ...]:
+        return (self.ir, self.forward_ir)
+
+    def save(self, path: str | os.PathLike[str], params: Any = None) -> Path:
+        """Write this function as one standalone Python module that needs numpy and numba only.
+
+        The module defines ``value_and_grad(params, inputs)``, ``forward(params, inputs)``,
+        ``batch(params, X, reduce="sum")`` and ``batch_forward(params, X)``, which give this
+        object's results bit for bit, and ``WRT``, ``INPUTS`` (the argument names) and
+        ``PARAMS``. It is symgrad's own code for this lowering (the generated kernels, or the
+        tape interpreter and the model's plans), copied in; see `symgrad.export`.
+
+        Args:
+            path: the file to write; its name must end in ``.py``.
+            params: the values the module holds as ``PARAMS`` (its default `params`), e.g.
+                trained ones; default: the `wrt` leaves' current ``.data``.
+        Returns:
+            the path written.
+        """
+        from .export import save
+
+        return save(self, path, self._params(params))
 
     def debug(self, params: Any = None, inputs: Any = None) -> str:
         """Where nan and inf come from at `params`/`inputs`, as a readable report.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,16 @@ def test_quick_start_holds_exactly_two_commands():
 
 
 def test_python_blocks_run_and_print_what_they_say(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # the drawing block writes d.svg
+    monkeypatch.chdir(tmp_path)  # the drawing block writes d.svg, training saves a module
+    monkeypatch.syspath_prepend(str(tmp_path))  # as a script's directory is: it imports it
     ns: dict = {}
-    for block in _blocks("python"):
-        if block.lstrip().startswith("def "):
-            continue  # generated source shown for reading, checked below
-        exec(compile(block, "<README>", "exec"), ns)
+    try:
+        for block in _blocks("python"):
+            if block.lstrip().startswith("def "):
+                continue  # generated source shown for reading, checked below
+            exec(compile(block, "<README>", "exec"), ns)
+    finally:
+        sys.modules.pop("loss_grad", None)
     assert ns["value"] == pytest.approx(0.7071067811865477, rel=1e-15)
     np.testing.assert_allclose(ns["grad"], [1.0, 0.0, 0.5], atol=1e-15)
     assert ns["hess"].shape == (3, 3)
@@ -42,6 +47,11 @@ def test_python_blocks_run_and_print_what_they_say(tmp_path, monkeypatch, capsys
     # training: the loss falls, the trained values are in the model
     assert ns["losses"][-1] < 0.05 * ns["losses"][0]
     assert [p.data for p in ns["model"].parameters()] == ns["theta"].tolist()
+    # saved and loaded: the pickle and the standalone module give the compiled loss's bits
+    want = ns["loss"].batch_forward(ns["theta"], ns["data"])
+    assert np.array_equal(ns["row_losses"], want) and "True\n" in out
+    assert np.array_equal(ns["loaded"].current_params(), ns["theta"])
+    assert "loss_grad.py" in str(ns["loss_grad"].__file__)
     # sympy in: sympy's own value at the point
     sp = ns["sp"]
     point = {ns["k"]: 0.5, ns["c"]: 0.1, ns["t"]: 1.0, ns["target"]: 0.3}
