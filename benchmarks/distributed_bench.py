@@ -1,7 +1,7 @@
 """The ``distributed`` workload of bench.py: the batch gradient on dask against the local one.
 
 The small model's loss (MLP(2,[16,16,1]), ``(out - y)**2``) summed over 1,000,000 rows
-(``--quick``: the same rows, fewer rounds), timed as ``f.batch(params, X, reduce="sum")``:
+(``--quick``: 200,000 and fewer rounds), timed as ``f.batch(params, X, reduce="sum")``:
 
 - ``local``: X a NumPy array, this process (Numba's default threads);
 - ``dask threads``: X a dask array of `BLOCKS` blocks, dask's threaded scheduler, this process;
@@ -30,6 +30,7 @@ import numpy as np
 import symgrad as sg
 
 ROWS = 1_000_000
+ROWS_QUICK = 200_000
 BLOCKS = 16
 MANY_BLOCKS = 256
 
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace, skips: set[str], bench: ModuleType) -> tuple[s
     if not (bench.have_module("dask") and bench.have_module("distributed")):
         return ("skipped: dask and distributed not installed (pip install "
                 "'symgrad[distributed]')"), False
-    model = bench.make_model("distributed", 2, [16, 16, 1], ROWS, args.seed)
+    rows = ROWS_QUICK if args.quick else ROWS
+    model = bench.make_model("distributed", 2, [16, 16, 1], rows, args.seed)
     model = replace(model, title=f"{model.title} distributed")
     bench.log(f"\n== {model.title}: {bench.n_params(model.sizes)} parameters, {model.n:,} "
               f"rows; starting two LocalClusters (1 and 2 workers) ...")
@@ -82,7 +84,7 @@ def _contenders(f: sg.Compiled, params: np.ndarray, XY: np.ndarray, one: Any, tw
         return float(np.sum(values)), grad
 
     def threaded(blocks: int) -> Callable[[], tuple[float, np.ndarray]]:
-        X = da.from_array(XY, chunks=(-(-ROWS // blocks), XY.shape[1]))
+        X = da.from_array(XY, chunks=(-(-XY.shape[0] // blocks), XY.shape[1]))
 
         def call() -> tuple[float, np.ndarray]:
             values, grad = dask.compute(*f.batch(params, X), scheduler="threads")
@@ -90,7 +92,7 @@ def _contenders(f: sg.Compiled, params: np.ndarray, XY: np.ndarray, one: Any, tw
         return call
 
     def on_cluster(client: Any, blocks: int) -> Callable[[], tuple[float, np.ndarray]]:
-        X = client.persist(da.from_array(XY, chunks=(-(-ROWS // blocks), XY.shape[1])))
+        X = client.persist(da.from_array(XY, chunks=(-(-XY.shape[0] // blocks), XY.shape[1])))
 
         def call() -> tuple[float, np.ndarray]:
             values, grad = client.gather(client.compute(list(f.batch(params, X))))
@@ -153,7 +155,7 @@ def _report(model: Any, results: list[Any], bench: ModuleType) -> str:
             rows.append([r.label, "-", "-", "-", "FAILED " + r.error[:70]])
             continue
         pc = r.per_call
-        rows.append([r.label, bench.fmt_time(pc), f"{ROWS / pc / 1e6:.2f} M" if pc else "-",
+        rows.append([r.label, bench.fmt_time(pc), f"{model.n / pc / 1e6:.2f} M" if pc else "-",
                      f"{base / pc:.2f}x" if pc and base else "-", r.note])
     text = bench.table(rows, ["contender", "per call", "rows/s", "speed vs local", "note"])
     lines = []
@@ -163,7 +165,7 @@ def _report(model: Any, results: list[Any], bench: ModuleType) -> str:
         if a and b and not (by_key[few].error or by_key[many].error):
             lines.append(f"  {what}: {bench.fmt_time((b - a) / (MANY_BLOCKS - BLOCKS))} per "
                          f"block ({BLOCKS} -> {MANY_BLOCKS} blocks of the same rows)")
-    return (f"{model.title}: f.batch(params, X, reduce='sum'), {ROWS:,} rows\n\n" + text
+    return (f"{model.title}: f.batch(params, X, reduce='sum'), {model.n:,} rows\n\n" + text
             + "\n\nper-block overhead, (t(many blocks) - t(few)) / (extra blocks):\n"
             + ("\n".join(lines) if lines else "  not measured")
             + "\n\nrows/s: rows / median per-call time; speed vs local: local time / this one "

@@ -1,22 +1,24 @@
 """Batches and training over dask arrays: `Compiled.batch` and `fit` beyond one machine.
 
 Imports dask (this module is imported only when a dask object reaches `Compiled.batch`,
-`Compiled.batch_forward` or `fit`, so ``import symgrad`` never imports dask) and `layout`.
-Every block of rows runs the compiled batch kernel (``f.batch`` on the block, on whatever
-scheduler is active: threads, processes or a ``dask.distributed`` cluster); the compiled
-function reaches other processes by pickling, once per graph, and is loaded once per process.
+`Compiled.batch_forward` or `fit`, so ``import symgrad`` never imports dask), and `compiled`
+for types only. Every block of rows runs the compiled batch kernel (``f.batch`` on the block,
+on whatever scheduler is active: threads, processes or a ``dask.distributed`` cluster). The
+compiled function reaches other processes by pickling (its IR; the executor is rebuilt there
+through that machine's persistent cache): it is pickled once in this process, travels as one
+piece of data a worker fetches once, and is loaded once per process.
 
 The order of a distributed sum: each block of rows is summed as ``f.batch`` sums any batch (the
 chunks of `symgrad.layout`, for the block's own number of rows); then the block sums are added
 by a fixed tree: the blocks, in block order, are cut into groups of `FAN_IN` consecutive ones,
 each group added left to right starting from 0.0, and the same again on the group sums until
 one is left. The tree depends only on the number of blocks, never on the workers, so a result
-is the same bits wherever its blocks ran. It equals the single-machine ``f.batch`` on the same
-rows bit for bit exactly when the additions are the same ones: when `X` is one block, or when
-every block has fewer than ``2 * CHUNK_ROWS`` rows and the blocks are exactly the chunks
-``f.batch`` sums the whole batch in (`symgrad.layout.chunk_rows`; possible only below
-``2 * CHUNK_ROWS * MAX_CHUNKS`` rows). Otherwise the same row gradients are added in other
-groups, and the results agree to rounding.
+is the same bits wherever its blocks ran. It is the single-machine ``f.batch`` on the same rows
+bit for bit when the additions are the same ones: when `X` is one block; or when the blocks are
+exactly the chunks ``f.batch`` sums the whole batch in (`symgrad.layout.chunk_rows`) and each
+has fewer than ``2 * CHUNK_ROWS`` rows (so that a block is summed as one chunk), which the
+chunk rule allows for batches of fewer than 784 rows only. Otherwise the same row gradients
+are added in other groups, and the results agree to rounding.
 """
 
 from __future__ import annotations

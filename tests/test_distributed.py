@@ -478,3 +478,20 @@ def test_a_worker_killed_mid_computation_changes_nothing(neuron: sg.Compiled) ->
         got = client.gather(futures)
         assert pid not in client.run(os.getpid).values()  # it died; its blocks ran elsewhere
     assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+@pytest.mark.slow
+def test_the_example_trains_on_a_local_cluster(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "distributed.py"), "--rows", "200000",
+         "--block-rows", "50000", "--repeats", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "200,000 rows in 4 blocks" in out, out
+    for line in ("this process, f.batch on a NumPy array", "dask, 1 worker, 4 blocks",
+                 "dask, 2 workers, 4 blocks"):
+        assert line in out and "M rows/s" in out.split(line, 1)[1].splitlines()[0], out
+    accuracy = float(out.split("accuracy ", 1)[1].split("%", 1)[0])
+    assert accuracy > 95.0, out  # the moons are separable: one epoch learns them
