@@ -342,26 +342,34 @@ def _embedded(title: str, path: Path, **how: Any) -> _Part:
 
 
 def _extract(path: Path, wanted: Iterable[str]) -> str:
-    """The imports (but symgrad's) of a source file and the statements binding `wanted`, with
-    the comment lines right above each, in the file's order."""
+    """The statements of a source file binding `wanted`, with the comment lines right above
+    each, in the file's order, after the imports (but symgrad's) they use."""
     wanted = set(wanted)
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines()
-    out: list[str] = []
+    imports: list[tuple[ast.stmt, str]] = []
+    kept: list[tuple[ast.stmt, str]] = []
     for node in ast.parse(text).body:
-        imports = isinstance(node, (ast.Import, ast.ImportFrom))
-        if (imports and _from_symgrad(node, ())) or not (imports or _bound(node) & wanted):
-            continue
         start, end = _span(node)
-        while start > 0 and lines[start - 1].lstrip().startswith("#"):
-            start -= 1
-        if out and not imports:
-            out += ["", ""] if isinstance(node, ast.FunctionDef) else [""]
-        out += lines[start:end]
-    missing = wanted - {n for node in ast.parse("\n".join(out)).body for n in _bound(node)}
-    if missing:
-        raise RuntimeError(f"save: {path.name} no longer defines {sorted(missing)}")
-    return "\n".join(out)
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if not _from_symgrad(node, ()):
+                imports.append((node, "\n".join(lines[start:end])))
+        elif _bound(node) & wanted:
+            while start > 0 and lines[start - 1].lstrip().startswith("#"):
+                start -= 1
+            kept.append((node, "\n".join(lines[start:end])))
+    found = {n for node, _ in kept for n in _bound(node)}
+    if wanted - found:
+        raise RuntimeError(f"save: {path.name} no longer defines {sorted(wanted - found)}")
+    used = {t.string for _, code in kept for t in tokenize.generate_tokens(
+        io.StringIO(code).readline) if t.type == tokenize.NAME}
+    out = "\n".join(code for node, code in imports if _bound(node) & used)
+    previous: ast.stmt | None = None
+    for node, code in kept:
+        defs = isinstance(node, ast.FunctionDef) or isinstance(previous, ast.FunctionDef)
+        out += ("\n\n\n" if defs or previous is None else "\n\n") + code
+        previous = node
+    return out
 
 
 # ---- one namespace: names kept apart -------------------------------------------------------------
