@@ -36,6 +36,11 @@ Three more workloads:
   a fresh Python process whose symgrad cache (``SYMGRAD_CACHE_DIR``) and Numba cache
   (``NUMBA_CACHE_DIR``, which also holds the cache of symgrad's own compiled functions) are
   new empty directories; then "warm": the same in a second fresh process, caches now filled.
+- ``distributed`` (`distributed_bench.py`): the small model's summed gradient over 1,000,000
+  rows held as a dask array, on dask's threaded scheduler and on LocalClusters of 1 and 2
+  one-core worker processes, against the local ``f.batch``: rows per second, and the
+  overhead of each extra block. Needs dask and distributed (``pip install
+  'symgrad[distributed]'``), else it is reported as skipped.
 
 Timings come from ONE run with interleaved repetitions: after a warm-up call, every round calls
 each contender in turn (round-robin, starting point rotated each round) and the table reports the
@@ -56,9 +61,10 @@ Usage::
 
 ``--skip`` takes a contender (``symgrad``, ``interp``, ``micrograd``, ``numba``, ``jax``,
 ``limit``), a workload (``neuron``, ``small``, ``large``, ``per-example``, ``under-load``,
-``cold-start``) or ``contender@workload``; it may be repeated or comma-separated. Progress goes
-to stderr, the tables to stdout. The exit status is 1 when a contender failed (an exception, or a
-gradient that disagrees with symgrad's), else 0: a missed target is reported, not an error.
+``cold-start``, ``distributed``) or ``contender@workload``; it may be repeated or
+comma-separated. Progress goes to stderr, the tables to stdout. The exit status is 1 when a
+contender failed (an exception, or a gradient that disagrees with symgrad's), else 0: a missed
+target is reported, not an error.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ import argparse
 import contextlib
 import datetime
 import importlib.metadata
+import importlib.util
 import itertools
 import json
 import math
@@ -103,7 +110,7 @@ LABELS = {
     "jax": "jax.jit value_and_grad",
     "limit": "numpy BLAS limit",
 }
-MODELS = ("neuron", "small", "large", "per-example", "under-load", "cold-start")
+MODELS = ("neuron", "small", "large", "per-example", "under-load", "cold-start", "distributed")
 LECTURE_NEURON = (-3.0, 1.0, 6.8813735870195432)  # the lecture's w1, w2, b
 GRAD_TOL = 1e-9  # relative to the gradient's largest entry
 
@@ -1198,15 +1205,28 @@ def _run(args: argparse.Namespace, skips: set[str]) -> int:
     all_results = [(m, run_model(m, args, skips, args.rounds))
                    for m in workloads(args.seed, args.quick)]
     cold = run_cold_start(args, skips)
+    dist_report, dist_failed = run_distributed(args, skips)
     print(header(args, args.rounds))
     print()
     print(report(all_results), flush=True)
     print(f"\ncold start, backend={','.join(args.backends)}\n")
     print(cold_report(cold), flush=True)
+    print("\ndistributed (dask)\n")
+    print(dist_report, flush=True)
     print("\ntargets\n")
     print(targets_report(all_results, cold, args.backends[0]), flush=True)
     failed = any(r.error for _, rs in all_results for r in rs) or any(c.error for c in cold)
-    return 1 if failed else 0
+    return 1 if failed or dist_failed else 0
+
+
+def run_distributed(args: argparse.Namespace, skips: set[str]) -> tuple[str, bool]:
+    """The distributed workload (`distributed_bench.py`): its report and whether it failed."""
+    spec = importlib.util.spec_from_file_location("distributed_bench",
+                                                  BENCH_DIR / "distributed_bench.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.run(args, skips, sys.modules[__name__])
 
 
 def _run_sizes(args: argparse.Namespace, skips: set[str]) -> int:

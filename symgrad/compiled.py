@@ -32,7 +32,7 @@ from .trace import Traced
 
 _PICKLE_FORMAT = 1  # the layout of a pickled compiled object's state (`Program.__reduce__`)
 
-__all__ = ["Compiled", "Program", "compile"]
+__all__ = ["Compiled", "Program", "compile", "is_dask"]
 
 REDUCTIONS = ("sum", "mean", "none")
 _PREPARING = {
@@ -472,14 +472,20 @@ class Compiled(Program):
 
         Args:
             params: ``len(wrt)`` floats, or None for the leaves' current ``.data``.
-            X: an ``(N, len(inputs))`` array, one example a row.
+            X: an ``(N, len(inputs))`` array, one example a row; or a dask array chunked
+                along rows only (see `symgrad.distributed`).
             reduce: "sum" (gradients summed over rows), "mean" (averaged) or "none" (one per
                 row). "sum" and "mean" use memory proportional to the parameters, not to N.
         Returns:
             ``(values, grad)``: values ``(N,)`` (``(N, n_out)`` for several outputs); grad
             ``(len(wrt),)`` for "sum"/"mean", ``(N, len(wrt))`` for "none" (with an ``n_out`` axis
-            after N for several outputs).
+            after N for several outputs). For a dask `X` both are lazy dask arrays: nothing
+            runs until ``dask.compute(values, grad)``, on the active dask scheduler.
         """
+        if type(X) is not np.ndarray and is_dask(X):
+            from . import distributed
+
+            return distributed.batch(self, params, X, reduce)
         if reduce != "sum":
             self._check_reduce(reduce)
         p = self._params(params)
@@ -499,12 +505,23 @@ class Compiled(Program):
         return (values[:, 0] if self.n_out == 1 else values), g
 
     def batch_forward(self, params: Any, X: Any) -> np.ndarray:
-        """Values only over the rows of `X`: ``(N,)``, or ``(N, n_out)`` for several outputs."""
+        """Values only over the rows of `X`: ``(N,)``, or ``(N, n_out)`` for several outputs.
+
+        A dask array `X` gives a lazy dask array, as `batch` does."""
+        if type(X) is not np.ndarray and is_dask(X):
+            from . import distributed
+
+            return distributed.batch_forward(self, params, X)
         p = self._params(params)
         Xa = self._matrix(X)
         values = np.empty((Xa.shape[0], self.n_out))
         self._run(self._fw, "rows", p, Xa, values)
         return values[:, 0] if self.n_out == 1 else values
+
+
+def is_dask(X: Any) -> bool:
+    """Whether `X` is a dask object (checked by its class's module: dask is not imported)."""
+    return type(X).__module__.startswith("dask")
 
 
 def _nonfinite_leaves(what: str, leaves: Sequence[Value], values: np.ndarray) -> str:

@@ -1,8 +1,9 @@
 """Training with a compiled loss: `fit`, minibatch epochs over the rows of a data set.
 
 Imports `compiled` (the `Compiled` object it drives) and `optim` (for types); tqdm lazily, for
-the progress bar. Everything per example happens in compiled code (`Compiled.batch` gives the
-minibatch's values and mean gradient); Python only slices minibatches and calls the optimiser.
+the progress bar, and `distributed` lazily, for dask arrays. Everything per example happens in
+compiled code (`Compiled.batch` gives the minibatch's values and mean gradient); Python only
+slices minibatches and calls the optimiser.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .compiled import Compiled
+from .compiled import Compiled, is_dask
 from .optim import Optimizer
 
 __all__ = ["fit"]
@@ -45,7 +47,9 @@ def fit(
             example, whose inputs are a row of `X`.
         params: the starting parameters (len(wrt) floats), or None for the wrt leaves' current
             ``.data``. Not modified: training works on a copy.
-        X: ``(N, len(inputs))`` data, one example a row.
+        X: ``(N, len(inputs))`` data, one example a row; or a dask array chunked along rows
+            (`symgrad.distributed.DaskRows`: full batches are distributed gradients,
+            minibatches stream the blocks here one at a time, never gathering `X`).
         optimizer: e.g. ``symgrad.optim.Adam(1e-2)``; its state carries over between calls.
         epochs: how many passes over the data.
         batch_size: rows per step; None means all of them (full-batch training).
@@ -58,44 +62,73 @@ def fit(
     """
     _check_loss(f)
     p = np.array(f._params(params), dtype=np.float64)  # a copy: the caller's array stays
-    data = f._matrix(X)
-    n = data.shape[0]
+    data = _rows(f, X)
+    n = data.n_rows
     epochs = _count("epochs", epochs, minimum=0)
     bs = n if batch_size is None else min(_count("batch_size", batch_size, minimum=1), n)
     if not callable(getattr(optimizer, "step", None)):
         raise TypeError(f"fit: optimizer must have a step(params, grad) method, got "
                         f"{type(optimizer).__name__}")
     rng = np.random.default_rng(seed)
-    run = _Run(f, p, optimizer, epochs, _progress_bar(progress, epochs * -(-n // bs), f.name))
+    run = _Run(data, p, optimizer, epochs, _progress_bar(progress, epochs * -(-n // bs), f.name))
     losses = np.empty(epochs)
     try:
         for e in range(epochs):
-            rows = data if bs == n else data[rng.permutation(n)]  # batches are then slices
-            losses[e] = run.epoch(e, rows, bs)
+            losses[e] = run.epoch(e, data.minibatches(rng, bs))
     finally:
         if run.bar is not None:
             run.bar.close()
     return p, losses
 
 
+class _Matrix:
+    """Rows held in memory: each epoch's minibatches are slices of one shuffled copy."""
+
+    def __init__(self, f: Compiled, X: Any) -> None:
+        self.f = f
+        self.rows = f._matrix(X)
+        self.n_rows = self.rows.shape[0]
+
+    def minibatches(self, rng: np.random.Generator, batch_size: int) -> Iterator[np.ndarray]:
+        """One epoch's minibatches, in an order drawn from `rng` (none for a full batch)."""
+        n = self.n_rows
+        rows = self.rows if batch_size == n else self.rows[rng.permutation(n)]
+        for start in range(0, n, batch_size):
+            yield rows[start: start + batch_size]
+
+    def mean_batch(self, params: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Values and mean gradient of one minibatch."""
+        return self.f.batch(params, rows, reduce="mean")
+
+
+def _rows(f: Compiled, X: Any) -> Any:
+    """The data `fit` reads: `_Matrix`, or for a dask array `symgrad.distributed.DaskRows`
+    (the same two methods)."""
+    if is_dask(X):
+        from .distributed import DaskRows
+
+        return DaskRows(f, X)
+    return _Matrix(f, X)
+
+
 @dataclass
 class _Run:
     """One call of `fit`: what every epoch uses, and whether a non-finite loss was reported."""
 
-    f: Compiled
+    data: Any
     p: np.ndarray
     optimizer: Optimizer
     epochs: int
     bar: Any
     warned: bool = False
 
-    def epoch(self, e: int, rows: np.ndarray, bs: int) -> float:
-        """One pass over `rows` in minibatches, stepping `p`; returns the mean loss."""
-        n = rows.shape[0]
+    def epoch(self, e: int, minibatches: Iterable[Any]) -> float:
+        """One pass over the data in `minibatches`, stepping `p`; returns the mean loss."""
         total = 0.0
-        for start in range(0, n, bs):
-            stop = min(start + bs, n)
-            values, grad = self.f.batch(self.p, rows[start:stop], reduce="mean")
+        stop = 0
+        for rows in minibatches:
+            values, grad = self.data.mean_batch(self.p, rows)
+            start, stop = stop, stop + values.shape[0]
             batch_total = float(values.sum())
             if not (self.warned or math.isfinite(batch_total)):
                 self.warned = True
@@ -110,7 +143,7 @@ class _Run:
                 self.bar.set_postfix_str(f"epoch {e + 1}/{self.epochs}, loss {total / stop:.4g}",
                                          refresh=False)
                 self.bar.update(1)
-        return total / n
+        return total / stop
 
 
 def _check_loss(f: Any) -> None:

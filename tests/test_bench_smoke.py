@@ -90,6 +90,12 @@ def test_bench_quick_prints_the_tables(tmp_path: Path) -> None:
     for what in TARGETS:
         row = next((ln for ln in targets[2:] if ln.startswith(what)), "")
         assert any(f"  {s}  " in row or row.endswith(s) for s in STATUSES), explain(proc)
+    dist = section(out, "contender")  # the distributed workload's table
+    assert "rows/s" in dist[0] and "speed vs local" in dist[0], explain(proc)
+    for row in ("local f.batch", "dask threads, 16 blocks", "LocalCluster 1 worker",
+                "LocalCluster 2 workers x 1 thread, 256 blocks"):
+        assert any(ln.startswith(row) for ln in dist[2:]), explain(proc)
+    assert "LocalCluster 2 workers: " in out and " per block (" in out, explain(proc)
     large = [ln for ln in targets if ln.startswith("MLP(16,[64,64,1])x1000")]
     assert len(large) == 2 and all("not measured" in ln for ln in large), explain(proc)
     assert "FAILED" not in out, explain(proc)

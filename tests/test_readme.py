@@ -52,6 +52,12 @@ def test_python_blocks_run_and_print_what_they_say(tmp_path, monkeypatch, capsys
     assert np.array_equal(ns["row_losses"], want) and "True\n" in out
     assert np.array_equal(ns["loaded"].current_params(), ns["theta"])
     assert "loss_grad.py" in str(ns["loss_grad"].__file__)
+    # dask: the blocks' values are f.batch's bits, their mean gradient f.batch's to rounding;
+    # fit streamed the blocks and trained on from theta
+    local_values, local_grad = ns["loss"].batch(ns["theta"], ns["data"], reduce="mean")
+    assert np.array_equal(ns["d_values"], local_values)
+    np.testing.assert_allclose(ns["d_grad"], local_grad, rtol=1e-12, atol=1e-15)
+    assert ns["d_losses"].shape == (2,) and not np.array_equal(ns["d_theta"], ns["theta"])
     # sympy in: sympy's own value at the point
     sp = ns["sp"]
     point = {ns["k"]: 0.5, ns["c"]: 0.1, ns["t"]: 1.0, ns["target"]: 0.3}
