@@ -504,6 +504,24 @@ class Compiled(Program):
             g = acc[0] if self.n_out == 1 else acc
         return (values[:, 0] if self.n_out == 1 else values), g
 
+    def sum_in_chunks(self, params: Any, X: Any, n_chunks: int) -> tuple[np.ndarray, np.ndarray]:
+        """``batch(params, X, "sum")`` with the rows summed in `n_chunks` chunks (of
+        `symgrad.layout.chunk_rows`) instead of ``layout.n_chunks(N)``, on one thread.
+
+        For callers that split a batch themselves (`symgrad.distributed`): each part summed as
+        one chunk, the parts' sums then added in order, is ``batch`` on the whole when the parts
+        are its chunks (`symgrad.layout.chunk_sizes`).
+        """
+        if isinstance(n_chunks, bool) or not isinstance(n_chunks, int) or n_chunks < 1:
+            raise ValueError(f"n_chunks: expected a positive int, got {n_chunks!r}")
+        p = self._params(params)
+        Xa = self._matrix(X)
+        values = np.empty((Xa.shape[0], self.n_out))
+        acc = np.zeros(self._gshape)
+        arrays = _ready(p, Xa, values, acc)
+        self.executor.batch(self._vg, arrays, "sum", n_chunks)
+        return (values[:, 0] if self.n_out == 1 else values), (acc[0] if self.n_out == 1 else acc)
+
     def batch_forward(self, params: Any, X: Any) -> np.ndarray:
         """Values only over the rows of `X`: ``(N,)``, or ``(N, n_out)`` for several outputs.
 
@@ -626,6 +644,11 @@ def _vector(a: Any, n: int, what: str, expected: str) -> np.ndarray:
     if arr.shape[0] != n:
         raise ValueError(f"{what}: expected {n} value(s) ({expected}), got {arr.shape[0]}")
     return _kernel_ready(arr)
+
+
+def _ready(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Arrays as every executor takes them (see `_kernel_ready`)."""
+    return tuple(_kernel_ready(a) for a in arrays)
 
 
 def _kernel_ready(a: np.ndarray) -> np.ndarray:

@@ -8,17 +8,16 @@ compiled function reaches other processes by pickling (its IR; the executor is r
 through that machine's persistent cache): it is pickled once in this process, travels as one
 piece of data a worker fetches once, and is loaded once per process.
 
-The order of a distributed sum: each block of rows is summed as ``f.batch`` sums any batch (the
-chunks of `symgrad.layout`, for the block's own number of rows); then the block sums are added
-by a fixed tree: the blocks, in block order, are cut into groups of `FAN_IN` consecutive ones,
-each group added left to right starting from 0.0, and the same again on the group sums until
-one is left. The tree depends only on the number of blocks, never on the workers, so a result
-is the same bits wherever its blocks ran. It is the single-machine ``f.batch`` on the same rows
-bit for bit when the additions are the same ones: when `X` is one block; or when the blocks are
-exactly the chunks ``f.batch`` sums the whole batch in (`symgrad.layout.chunk_rows`) and each
-has fewer than ``2 * CHUNK_ROWS`` rows (so that a block is summed as one chunk), which the
-chunk rule allows for batches of fewer than 784 rows only. Otherwise the same row gradients
-are added in other groups, and the results agree to rounding.
+The order of a distributed sum: an `X` of one block is summed as ``f.batch`` sums any batch;
+otherwise each block of rows is summed as one chunk of `symgrad.layout` (its rows in order,
+starting from 0.0, `Compiled.sum_in_chunks`), and the block sums are added by a fixed tree: the
+blocks, in block order, are cut into groups of `FAN_IN` consecutive ones, each group added left
+to right starting from 0.0, and the same again on the group sums until one is left. The tree
+depends only on the number of blocks, never on the workers, so a result is the same bits
+wherever its blocks ran. It is the single-machine ``f.batch`` on the same rows bit for bit
+when `X` is one block, or when its blocks are the chunks ``f.batch`` sums a batch in:
+``X.rechunk({0: symgrad.layout.chunk_sizes(N)})`` (at most 16 chunks, one group of the tree).
+Otherwise the same row gradients are added in other groups, and the results agree to rounding.
 """
 
 from __future__ import annotations
@@ -59,7 +58,8 @@ def batch(f: Compiled, params: Any, X: Any, reduce: str) -> tuple[da.Array, da.A
     f._check_reduce(reduce)
     p = f._params(params)
     check_array(f, X)
-    mode = "rows" if reduce == "none" else "sum"
+    # one block is summed as f.batch sums a batch; several, each as one chunk (see the module)
+    mode = "rows" if reduce == "none" else "sum" if X.numblocks[0] > 1 else "whole"
     tok = _token(f, p, X, reduce)
     blocks = f"symgrad-batch-{tok}"
     tasks = _block_tasks(f, p, X, mode, lambda i: (blocks, i))
@@ -199,7 +199,11 @@ def _run_block(shipped: _Shipped, params: np.ndarray, mode: str, block: Any) -> 
         return _empty(f, mode)
     if mode == "forward":
         return f.batch_forward(params, rows)
-    return f.batch(params, rows, reduce="none" if mode == "rows" else "sum")
+    if mode == "rows":
+        return f.batch(params, rows, reduce="none")
+    if mode == "whole":
+        return f.batch(params, rows, reduce="sum")
+    return f.sum_in_chunks(params, rows, 1)  # a block is one chunk (see the module)
 
 
 def _empty(f: Compiled, mode: str) -> Any:

@@ -14,8 +14,8 @@ import numpy as np
 from .ir import Func
 
 __all__ = [
-    "ALIGN", "CHUNK_ROWS", "MAX_CHUNKS", "Kernel", "Layout", "chunk_rows", "chunk_start",
-    "n_chunks",
+    "ALIGN", "CHUNK_ROWS", "MAX_CHUNKS", "Kernel", "Layout", "chunk_rows", "chunk_sizes",
+    "chunk_start", "n_chunks",
 ]
 
 # The order every exact executor sums a batch in (the exactness contract): the N rows are split
@@ -44,6 +44,12 @@ def chunk_start(c: int, n_rows: int, chunks: int) -> int:
 def chunk_rows(c: int, n_rows: int, chunks: int) -> range:
     """The rows of chunk `c` of `chunks`."""
     return range(chunk_start(c, n_rows, chunks), chunk_start(c + 1, n_rows, chunks))
+
+
+def chunk_sizes(n_rows: int) -> tuple[int, ...]:
+    """The sizes of the chunks a batch of `n_rows` rows is summed in, in order."""
+    k = n_chunks(n_rows)
+    return tuple(len(chunk_rows(c, n_rows, k)) for c in range(k))
 
 
 @dataclass(frozen=True)

@@ -104,9 +104,18 @@ def documented_sum(f: sg.Compiled, p: np.ndarray, X: np.ndarray,
     """The distributed "sum" of `f`'s gradient over `X` cut into blocks of `sizes` rows."""
     _, per_row = f.batch(p, X, reduce="none")
     bounds = np.cumsum([0, *sizes])
-    parts = [layout_sum(per_row[a:b]) if b > a else np.zeros(per_row.shape[1:])
-             for a, b in itertools.pairwise(bounds)]
+    if len(sizes) == 1:  # one block: as f.batch sums a batch
+        return layout_sum(per_row)
+    parts = [one_chunk_sum(per_row[a:b]) for a, b in itertools.pairwise(bounds)]
     return tree_sum(parts)
+
+
+def one_chunk_sum(grads: np.ndarray) -> np.ndarray:
+    """A block's sum as one chunk: its rows in order, from 0.0."""
+    total = np.zeros(grads.shape[1:])
+    for g in grads:
+        total += g
+    return total
 
 
 def local_chunk_sizes(n: int) -> tuple[int, ...]:
@@ -213,14 +222,14 @@ def test_one_block_is_the_single_machine_batch_bit_for_bit(neuron: sg.Compiled, 
         assert all(np.array_equal(a, b) for a, b in zip(got, ref, strict=True)), (n, reduce)
 
 
-def test_local_chunks_have_fewer_than_64_rows_exactly_below_784_rows() -> None:
-    small = [n for n in range(1, 3000) if max(local_chunk_sizes(n)) < 64]
-    assert small == list(range(1, 784))
+def test_the_local_chunk_sizes_are_the_layouts() -> None:
+    for n in [1, 31, 64, 700, 783, 784, 1000, 20000]:
+        assert sg.layout.chunk_sizes(n) == local_chunk_sizes(n)
 
 
-@pytest.mark.parametrize("n", [40, 100, 511, 700, 783])
+@pytest.mark.parametrize("n", [40, 100, 511, 783, 1000, 5000, 20011])
 def test_blocks_that_are_the_local_chunks_are_bit_for_bit(neuron: sg.Compiled, n: int) -> None:
-    sizes = local_chunk_sizes(n)
+    sizes = sg.layout.chunk_sizes(n)
     X = rows(n, seed=n) * 5.0
     for reduce in ("sum", "mean"):
         got = dask.compute(*neuron.batch(None, da.from_array(X, chunks=(sizes, 2)),

@@ -235,3 +235,26 @@ def test_the_static_part_reads_the_plan_fields_in_their_order():
     fields = re.findall(r"F_([A-Z0-9_]+)", names.group(0))
     assert [f.lower() for f in fields] == list(tape_plan.PLAN_FIELDS)
     assert int(names.group(1)) == len(tape_plan.PLAN_FIELDS)
+
+
+@pytest.mark.parametrize("backend", ["numba", "python", "tape"])
+def test_sum_in_chunks_adds_the_rows_in_the_chunks_asked_for(mlp, backend):
+    """`sum_in_chunks`: chunks of `layout.chunk_rows` for the given count, summed from 0.0 in
+    row order, then added in order (the per-row gradients are the oracle)."""
+    wrt, inputs, loss = mlp
+    f = sg.compile(loss, wrt=wrt, inputs=inputs, backend=backend)
+    X = np.random.default_rng(6).normal(size=(203, 6))
+    p = f.current_params()
+    _, rows = f.batch(p, X, reduce="none")
+    for k in (1, 2, 7):
+        want = np.zeros(rows.shape[1])
+        for c in range(k):
+            part = np.zeros(rows.shape[1])
+            for r in layout.chunk_rows(c, len(X), k):
+                part += rows[r]
+            want += part
+        values, got = f.sum_in_chunks(p, X, k)
+        assert _same(got, want) and _same(values, f.batch_forward(p, X)), k
+    assert _same(f.sum_in_chunks(p, X, layout.n_chunks(len(X)))[1], f.batch(p, X)[1])
+    with pytest.raises(ValueError, match="n_chunks"):
+        f.sum_in_chunks(p, X, 0)

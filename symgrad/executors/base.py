@@ -70,11 +70,15 @@ class Executor(ABC):
         return lambda *arrays: self.call(kernel, arrays)
 
     @abstractmethod
-    def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode) -> None:
+    def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode,
+              n_chunks: int | None = None) -> None:
         """Run `kernel` over the rows of its per-row arguments (2-D in `arrays`).
 
         Assigned results have a leading row axis. Accumulated results are summed over the rows
-        (``mode="sum"``, their arrays without a row axis) or kept per row (``"rows"``).
+        (``mode="sum"``, their arrays without a row axis) or kept per row (``"rows"``). Sums
+        are taken in `symgrad.layout`'s chunks: `n_chunks` of them if given (then on one
+        thread: a caller splitting a batch itself sums each part as one chunk this way), else
+        ``layout.n_chunks(N)``.
         """
 
 
@@ -99,20 +103,23 @@ class TapeExecutor(Executor):
 
     @abstractmethod
     def run_tape(self, kernel: str, params: np.ndarray, X: np.ndarray, n_out: int,
-                 values: np.ndarray, acc: np.ndarray, per_row: bool) -> None:
+                 values: np.ndarray, acc: np.ndarray, per_row: bool,
+                 n_chunks: int | None = None) -> None:
         """Run `kernel`'s tape over the rows of `X`: values ``(N, n_out)`` assigned; acc
-        ``(1 or N, n_acc)`` added into (summed over the rows, or per row when `per_row`)."""
+        ``(1 or N, n_acc)`` added into (summed over the rows in `n_chunks` chunks, see
+        `Executor.batch`, or per row when `per_row`)."""
 
     def call(self, kernel: str, arrays: Sequence[np.ndarray]) -> None:
         """One row: the kernel's arrays, per-row arguments 1-D."""
         self._with_layout(kernel, None, arrays)
 
-    def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode) -> None:
+    def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode,
+              n_chunks: int | None = None) -> None:
         """Rows of the per-row arguments; see `Executor.batch`."""
-        self._with_layout(kernel, mode, arrays)
+        self._with_layout(kernel, mode, arrays, n_chunks)
 
     def _with_layout(self, kernel: str, mode: BatchMode | None,
-                     arrays: Sequence[np.ndarray]) -> None:
+                     arrays: Sequence[np.ndarray], n_chunks: int | None = None) -> None:
         tp, layout = self.tapes[kernel], self.kernels[kernel].layout
         if mode is not None and self._simple[kernel]:
             # parameters, one per-row matrix, values, accumulated results: passed as they are
@@ -121,7 +128,7 @@ class TapeExecutor(Executor):
             lead = n if mode == "rows" else 1
             acc = arrays[3].reshape(lead, -1) if len(arrays) > 3 else np.zeros((lead, 0))
             self.run_tape(kernel, arrays[0], X, n_out, values.reshape(n, n_out), acc,
-                          mode == "rows")
+                          mode == "rows", n_chunks)
             return
         params, X = _gather_arguments(layout, mode, arrays)
         n = X.shape[0]
@@ -137,7 +144,7 @@ class TapeExecutor(Executor):
         values = np.zeros((n, n_out)) if values is None else values
         acc = _direct(accumulated, (lead, len(tp.result_slots) - n_out))
         acc = np.zeros((lead, len(tp.result_slots) - n_out)) if acc is None else acc
-        self.run_tape(kernel, params, X, n_out, values, acc, per_row)
+        self.run_tape(kernel, params, X, n_out, values, acc, per_row, n_chunks)
         _scatter(assigned, values, n, mode is not None)
         _scatter(accumulated, acc, lead, True, add=True)
 

@@ -226,15 +226,17 @@ class _Interpreter:
 
     def run(self, packed: tuple[np.ndarray, np.ndarray], pl: BlockPlan, params: np.ndarray,
             X: np.ndarray, values: np.ndarray, acc: np.ndarray, per_row: bool,
-            threads: int) -> None:
-        """Run plan `pl` (`packed`) over the rows of `X` on `threads` threads."""
+            threads: int, n_chunks: int | None = None) -> None:
+        """Run plan `pl` (`packed`) over the rows of `X` on `threads` threads, sums in
+        `n_chunks` chunks (default `layout.n_chunks`)."""
         counter = np.zeros(1 if threads > 1 else 0, np.int64)
         head = (counter, *packed, pl.p, pl.uniform_value, pl.n_slots, pl.n_rows, BLOCK)
         if per_row:
             fn, args = self.ns["run_rows"], (*head, params, X, values, acc, self.exact)
             chunk_acc = None
         else:
-            chunk_acc = np.empty((layout.n_chunks(X.shape[0]), acc.shape[1]))
+            chunks = layout.n_chunks(X.shape[0]) if n_chunks is None else n_chunks
+            chunk_acc = np.empty((chunks, acc.shape[1]))
             fn = self.ns["run_sums"]
             args = (*head, len(pl.grid_cols), params, X, values, acc, chunk_acc, self.exact)
         if threads <= 1:
@@ -297,15 +299,16 @@ class TapeInterpreter(TapeExecutor):
             return
         super().call(kernel, arrays)
 
-    def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode) -> None:
+    def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode,
+              n_chunks: int | None = None) -> None:
         """Rows of the per-row arguments (small batches as plain Python while the interpreter
         is being built)."""
         if not self._build.done():
             n = arrays[self.kernels[kernel].layout.first_per_row()].shape[0]
             if n * len(self.tapes[kernel].out) <= self.FALLBACK_WORK:
-                self._python().batch(kernel, arrays, mode)
+                self._python().batch(kernel, arrays, mode, n_chunks)
                 return
-        super().batch(kernel, arrays, mode)
+        super().batch(kernel, arrays, mode, n_chunks)
 
     def _python(self) -> Executor:
         if self._fallback is None:
@@ -315,12 +318,13 @@ class TapeInterpreter(TapeExecutor):
         return self._fallback
 
     def run_tape(self, kernel: str, params: np.ndarray, X: np.ndarray, n_out: int,
-                 values: np.ndarray, acc: np.ndarray, per_row: bool) -> None:
+                 values: np.ndarray, acc: np.ndarray, per_row: bool,
+                 n_chunks: int | None = None) -> None:
         """See `TapeExecutor.run_tape`."""
         pl = self.plans[kernel]
-        threads = self._threads(X.shape[0], len(pl.tape.out))
+        threads = 1 if n_chunks is not None else self._threads(X.shape[0], len(pl.tape.out))
         self._build.result().run(self._packed[kernel], pl, params, X, values, acc, per_row,
-                                 threads)
+                                 threads, n_chunks)
 
     def _threads(self, n_rows: int, length: int) -> int:
         if n_rows * length < self.THREAD_WORK or layout.n_chunks(n_rows) < 2:

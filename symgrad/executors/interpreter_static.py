@@ -174,11 +174,11 @@ def add_in_order(chunk_acc, acc):
 
 def run_sums(counter, ints, fields, p, uniform_value, n_slots, n_rows, block, n_grid, params,
              X, values, acc, chunk_acc, exact):
-    """A batch, accumulated results summed: the chunks claimed from `counter` (several threads
-    share a batch so; the caller then adds the chunks' sums), or every chunk in order and their
-    sums into ``acc`` when `counter` is empty."""
+    """A batch, accumulated results summed in ``chunk_acc.shape[0]`` chunks: the chunks claimed
+    from `counter` (several threads share a batch so; the caller then adds the chunks' sums),
+    or every chunk in order and their sums into ``acc`` when `counter` is empty."""
     n = X.shape[0]
-    n_chunks = max(1, min(MAX_CHUNKS, n // CHUNK_ROWS))  # symgrad.layout.n_chunks
+    n_chunks = chunk_acc.shape[0]  # symgrad.layout.n_chunks, unless the caller asks otherwise
     W, work = setup(ints, fields, uniform_value, n_slots, params, n_rows, block)
     dot_acc, G = np.empty(block), np.zeros(n_grid)
     c = fetch_add(counter) if counter.shape[0] > 0 else 0

@@ -56,8 +56,12 @@ class NumbaLines(Executor):
         """The compiled kernel itself."""
         return self.module.get(kernel)
 
-    def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode) -> None:
+    def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode,
+              n_chunks: int | None = None) -> None:
         """Rows of the per-row arguments (rows counted on the first of them)."""
+        if n_chunks is not None and mode == "sum":
+            self._in_chunks(kernel, arrays, n_chunks)
+            return
         first, length = self._rows_of[kernel]
         n = arrays[first].shape[0]
         if n * length < self.THREAD_WORK or n < 2 * CHUNK_ROWS:  # one thread: one call
@@ -67,6 +71,18 @@ class NumbaLines(Executor):
             fn(*arrays)
             return
         self._on_threads(kernel, arrays, mode, n)
+
+    def _in_chunks(self, kernel: str, arrays: Sequence[np.ndarray], n_chunks: int) -> None:
+        """A sum in `n_chunks` chunks, on this thread: the chunked loop over one counter."""
+        layout = self.kernels[kernel].layout
+        acc = [i for i, (nm, _) in enumerate(layout.results, len(layout.args))
+               if nm in layout.accumulate]
+        bufs = {i: np.zeros((n_chunks, *arrays[i].shape)) for i in acc}
+        counter = np.zeros(1, np.int64)
+        self.module.get(kernel, "sum_chunks")(counter, *[bufs.get(i, a)
+                                                          for i, a in enumerate(arrays)])
+        for i in acc:
+            _add_in_order(bufs[i], arrays[i])
 
     def _on_threads(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode,
                     n: int) -> None:
@@ -109,10 +125,14 @@ class PythonLines(NumbaLines):
         """The kernel, run with IEEE results and no warnings."""
         return lambda *arrays: self.call(kernel, arrays)
 
-    def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode) -> None:
+    def batch(self, kernel: str, arrays: Sequence[np.ndarray], mode: BatchMode,
+              n_chunks: int | None = None) -> None:
         """Rows of the per-row arguments, on this thread."""
         with np.errstate(all="ignore"):
-            self.module.get(kernel, mode)(*arrays)
+            if n_chunks is not None and mode == "sum":
+                self._in_chunks(kernel, arrays, n_chunks)
+            else:
+                self.module.get(kernel, mode)(*arrays)
 
 
 class _Module:

@@ -1140,6 +1140,7 @@ class VectorPlan(TapeExecutor):
         self.source += "\n\n" + "\n\n".join(pl.describe() for pl in plans)
 
     def run_tape(self, kernel: str, params: np.ndarray, X: np.ndarray, n_out: int,
-                 values: np.ndarray, acc: np.ndarray, per_row: bool) -> None:
-        """See `TapeExecutor.run_tape`."""
+                 values: np.ndarray, acc: np.ndarray, per_row: bool,
+                 n_chunks: int | None = None) -> None:
+        """See `TapeExecutor.run_tape` (sums in NumPy's own order: `n_chunks` is not used)."""
         run(self.tapes[kernel], params, X, n_out, values, acc, per_row)
