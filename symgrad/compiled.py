@@ -192,6 +192,7 @@ class Program:
         """A shallow copy: the same leaves, IR and compiled code."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
+        new.__dict__.pop("_symgrad_shipped", None)  # symgrad.distributed's handle is per object
         new._callers = dict(self._callers)
         return new
 
@@ -246,6 +247,12 @@ class Program:
         if (type(X) is np.ndarray and X.dtype is _F64 and X.ndim == 2
                 and X.shape[1] == self.n_inputs and X.shape[0] > 0):
             return X
+        if is_dask(X):  # Compiled.batch and batch_forward take dask arrays before this
+            raise TypeError(
+                f"X: {type(self).__name__} takes dask arrays in batch and batch_forward only "
+                "(here it would gather every block into this process): pass a NumPy array, "
+                "e.g. X.compute()"
+            )
         a = _floats(X, "X")
         if a.ndim != 2:
             raise ValueError(

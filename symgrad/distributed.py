@@ -28,7 +28,6 @@ import operator
 import pickle
 import threading
 import uuid
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import dask
 import dask.array as da
 import numpy as np
-from dask.base import tokenize
+from dask.base import is_dask_collection, tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 if TYPE_CHECKING:
@@ -56,7 +55,7 @@ def batch(f: Compiled, params: Any, X: Any, reduce: str) -> tuple[da.Array, da.A
     "mean", and ``(N, len(wrt))`` chunked like `X` for "none".
     """
     f._check_reduce(reduce)
-    p = f._params(params)
+    p = _snapshot(f, params)
     check_array(f, X)
     # one block is summed as f.batch sums a batch; several, each as one chunk (see the module)
     mode = "rows" if reduce == "none" else "sum" if X.numblocks[0] > 1 else "whole"
@@ -73,12 +72,21 @@ def batch(f: Compiled, params: Any, X: Any, reduce: str) -> tuple[da.Array, da.A
 
 def batch_forward(f: Compiled, params: Any, X: Any) -> da.Array:
     """``f.batch_forward(params, X)`` for a dask array `X`: lazy values chunked like its rows."""
-    p = f._params(params)
+    p = _snapshot(f, params)
     check_array(f, X)
     name = f"symgrad-forward-{_token(f, p, X, 'forward')}"
     tail = 1 if f.n_out > 1 else 0
     tasks = _block_tasks(f, p, X, "forward", lambda i: _out_key(name, i, tail))
     return _array(X, name, tasks, _row_chunks(X, (f.n_out,)))
+
+
+def _snapshot(f: Compiled, params: Any) -> np.ndarray:
+    """The parameters as they are now: a copy, so that a lazy result computed later (after an
+    optimiser updated the caller's array in place) is the result of this call. A dask array of
+    parameters is computed here (it is one small vector)."""
+    if is_dask_collection(params):
+        params = dask.compute(params)[0]
+    return np.array(f._params(params), dtype=np.float64, copy=True)
 
 
 def check_array(f: Compiled, X: Any) -> None:
@@ -164,9 +172,15 @@ def _per_row(X: da.Array, tasks: dict[Any, Any], name: str, blocks: str, which: 
 
 def _tree_sum(X: da.Array, tasks: dict[Any, Any], name: str, blocks: str, f: Compiled,
               reduce: str) -> da.Array:
-    """The block sums added by the fixed tree (see the module), divided by N for "mean"."""
-    level: list[Any] = [(blocks, i) for i in range(X.numblocks[0])]
+    """The block sums added by the fixed tree (see the module), divided by N for "mean".
+
+    The tree reads each block's summed gradient through a task of its own, so adding the sums
+    moves gradients between workers, never the blocks' per-row values."""
+    level: list[Any] = []
     graph: dict[Any, Any] = {}
+    for i in range(X.numblocks[0]):
+        level.append((f"{name}-part", i))
+        graph[level[-1]] = (operator.getitem, (blocks, i), 1)
     depth = 0
     while len(level) > 1:
         groups = [level[j: j + FAN_IN] for j in range(0, len(level), FAN_IN)]
@@ -215,24 +229,18 @@ def _empty(f: Compiled, mode: str) -> Any:
     return values, np.zeros(((0,) if mode == "rows" else ()) + grad_shape)
 
 
-def _add_in_order(parts: Sequence[Any]) -> np.ndarray:
+def _add_in_order(parts: Sequence[np.ndarray]) -> np.ndarray:
     """``((0.0 + parts[0]) + parts[1]) + ...``: one node of the combining tree (a part is a
-    block task's result or a node's sum)."""
-    total = np.zeros_like(_summed(parts[0]))
+    block's summed gradient or a node's sum)."""
+    total = np.zeros_like(parts[0])
     for part in parts:
-        total += _summed(part)
+        total += part
     return total
 
 
-def _finish(total: Any, divisor: int) -> np.ndarray:
+def _finish(total: np.ndarray, divisor: int) -> np.ndarray:
     """The tree's root: the sum, or the mean (``sum / N``, as ``f.batch`` divides)."""
-    g = _summed(total)
-    return g / divisor if divisor != 1 else g
-
-
-def _summed(part: Any) -> np.ndarray:
-    """The summed gradient of a block task's ``(values, gradient)``, or a node's sum."""
-    return part[1] if isinstance(part, tuple) else part
+    return total / divisor if divisor != 1 else total
 
 
 # ---- the compiled function on other processes -----------------------------------------------
@@ -273,18 +281,18 @@ class _Shipped:
         return self._f
 
 
-_shipped_by_function: weakref.WeakKeyDictionary[Any, _Shipped] = weakref.WeakKeyDictionary()
 _shipped_lock = threading.Lock()
 _loaded: OrderedDict[str, Compiled] = OrderedDict()
 _loaded_lock = threading.Lock()
 
 
 def _shipped(f: Compiled) -> _Shipped:
-    """The one `_Shipped` of `f` in this process (so `f` is pickled at most once)."""
+    """The one `_Shipped` of `f` (so `f` is pickled at most once), kept on `f` itself: it goes
+    when `f` goes (a table here would keep every function ever shipped alive)."""
     with _shipped_lock:
-        s = _shipped_by_function.get(f)
+        s = f.__dict__.get("_symgrad_shipped")
         if s is None:
-            s = _shipped_by_function[f] = _Shipped(f, uuid.uuid4().hex)
+            s = f.__dict__["_symgrad_shipped"] = _Shipped(f, uuid.uuid4().hex)
         return s
 
 

@@ -525,3 +525,53 @@ def test_the_example_trains_on_a_local_cluster(tmp_path: Path) -> None:
         assert line in out and "M rows/s" in out.split(line, 1)[1].splitlines()[0], out
     accuracy = float(out.split("accuracy ", 1)[1].split("%", 1)[0])
     assert accuracy > 95.0, out  # the moons are separable: one epoch learns them
+
+
+def test_lazy_results_keep_the_params_they_were_built_with(neuron: sg.Compiled) -> None:
+    """An optimiser updates its vector in place: a lazy result built before a step must still
+    be the result at the parameters of its call (and not spill into another graph)."""
+    X = rows(90, seed=8)
+    Xd = da.from_array(X, chunks=(30, 2))
+    theta = neuron.current_params().copy()
+    want = [neuron.batch(theta, X)[1]]
+    lazy = [neuron.batch(theta, Xd)[1]]
+    theta *= 0.5
+    want.append(neuron.batch(theta, X)[1])
+    lazy.append(neuron.batch(theta, Xd)[1])
+    fresh = neuron.batch(neuron.current_params(), Xd)[1]
+    got = dask.compute(*lazy, fresh, scheduler="sync")
+    for g, w in zip(got, [*want, want[0]], strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12)
+
+
+def test_a_shipped_function_is_freed_with_it() -> None:
+    import gc
+    import weakref
+
+    x = sg.Value(0.0, label="x")
+    w = sg.Value(1.5, label="w")
+    f = sg.compile((w * x).tanh(), wrt=[w], inputs=[x], backend="python")
+    dask.compute(f.batch(None, da.from_array(rows(10, 1)[:, :1], chunks=(5, 1)))[1])
+    ref = weakref.ref(f)
+    del f
+    gc.collect()
+    assert ref() is None
+
+
+def test_the_tree_reads_only_the_gradients(neuron: sg.Compiled) -> None:
+    """Adding the block sums must not depend on the blocks' per-row values."""
+    _, grad = neuron.batch(None, da.from_array(rows(100), chunks=(25, 2)))
+    graph = dict(grad.__dask_graph__())
+    nodes = [v for k, v in graph.items() if isinstance(k, tuple) and "-part" not in k[0]
+             and isinstance(v, tuple) and v and getattr(v[0], "__name__", "") == "_add_in_order"]
+    assert nodes
+    for node in nodes:
+        assert all("-part" in key[0] for key in node[1])
+
+
+def test_the_hessians_batch_refuses_a_dask_array() -> None:
+    x = sg.Value(0.0, label="x")
+    w = sg.Value(1.5, label="w")
+    H = sg.hessian((w * x).tanh(), wrt=[w], inputs=[x], backend="python")
+    with pytest.raises(TypeError, match="dask"):
+        H.batch(None, da.from_array(rows(10, 1)[:, :1], chunks=(5, 1)))
