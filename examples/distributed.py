@@ -140,8 +140,9 @@ def train(client: Client, f: sg.Compiled, X: da.Array, args: argparse.Namespace)
     """`sg.fit` over the dask array, then the trained network's loss and accuracy over all
     rows, computed on the cluster."""
     n = X.shape[0]
-    print(f"training: {args.epochs} epoch(s) of Adam (lr {args.lr}), minibatches of "
-          f"{args.batch_size:,} rows, the blocks streamed here one at a time ...")
+    how = (f"minibatches of {args.batch_size:,} rows, the blocks streamed here one at a time"
+           if args.batch_size < n else "full batches, the mean gradient computed on the cluster")
+    print(f"training: {args.epochs} epoch(s) of Adam (lr {args.lr}), {how} ...")
     t0 = time.perf_counter()
     params, losses = sg.fit(f, None, X, optimizer=Adam(args.lr), epochs=args.epochs,
                             batch_size=args.batch_size, seed=args.seed, progress=False)
