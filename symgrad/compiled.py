@@ -35,10 +35,6 @@ _PICKLE_FORMAT = 1  # the layout of a pickled compiled object's state (`Program.
 __all__ = ["Compiled", "Program", "compile", "is_dask"]
 
 REDUCTIONS = ("sum", "mean", "none")
-_PREPARING = {
-    "lines": "Numba is compiling the generated code (kept in the disk cache for next time)",
-    "tape": "loading the tape interpreter (compiled once per machine, then cached)",
-}
 _F64 = np.dtype(np.float64)
 
 
@@ -124,7 +120,7 @@ class Program:
             debug(f"generated source of {self.name} ({self.lowering})", self.source)
         t = time.perf_counter()
         before = jit.CACHE_EVENTS.copy()
-        stage(_PREPARING.get(kind.name, "preparing the executor"))
+        stage(kind.preparing)
         self.executor.prepare()  # JIT what the first call needs now: compile time is paid here
         stats["seconds"]["jit"] = time.perf_counter() - t
         stats.update(self.executor.stats)

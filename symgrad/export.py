@@ -91,6 +91,9 @@ def module_text(f: Compiled, params: np.ndarray, module: str = "model") -> str:
     parts = [_Part("imports, and how Numba compiles this module", PRELUDE)]
     parts.append(_embedded("symgrad/executors/threads.py: chunks of a batch on threads",
                            HERE / "executors" / "threads.py"))
+    if f.lowering not in _HOW:
+        raise ValueError(f"save: a function lowered to {f.lowering!r} cannot be saved (the "
+                         f"saved module runs the {' or '.join(_HOW)} lowering)")
     if f.lowering == "lines":
         parts += _lines_parts(f.name, vg, fw)
     else:
@@ -132,10 +135,10 @@ def _docstring(f: Compiled, module: str) -> str:
         return textwrap.fill(" ".join(text.split()), 95)
 
     how = _HOW[f.lowering]
-    if f.backend == "vector":
-        how += (" The compiled function used the opt-in vector backend, whose matrix products "
-                "add in their own order: this module runs the exact tape instead, so its "
-                "results are the exact backends' (the vector backend's to rounding).")
+    if not f.executor.exact:
+        how += (f" The compiled function used the opt-in {f.executor.name} backend, which is not "
+                "bit-exact: this module runs the exact tape instead, so its results are the "
+                f"exact backends' (the {f.executor.name} backend's to rounding).")
     return "\n".join([
         f'"""{title}',
         "",
@@ -531,9 +534,12 @@ def _sum(which, p, X, values, acc):
 
 
 def _thread_work(lowering: str) -> int:
-    from .executors import REGISTRY
+    """How much work a batch needs to run on threads, as the executor that the saved lowering
+    copies decides it."""
+    from .executors.interpreter import TapeInterpreter
+    from .executors.lines import NumbaLines
 
-    return int(REGISTRY[lowering].THREAD_WORK)  # type: ignore[attr-defined]
+    return {"lines": NumbaLines, "tape": TapeInterpreter}[lowering].THREAD_WORK
 
 
 # ---- the tape lowering ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import symgrad as sg
 from symgrad.ir import names
 from symgrad.nn import MLP
 
-BACKENDS = ["python", "numba", "tape"]
+BACKENDS = ["python", "numba", "lines", "tape"]
 
 
 def neuron(*, all_wrt: bool = False) -> tuple[sg.Value, dict[str, sg.Value]]:

@@ -202,7 +202,7 @@ def test_calls_before_the_interpreter_is_built_run_as_plain_python(mlp, monkeypa
     p = f.current_params()
     want = [f.batch(p, X, reduce=r) for r in ("sum", "none")], f(p, X[0])
     ex = f.executor
-    monkeypatch.setattr(ex, "_build", Future())  # a build that never finishes
+    monkeypatch.setattr(interpreter._Interpreter, "_build", Future())  # never finishes
     monkeypatch.setattr(type(ex), "FALLBACK_WORK", 10**9)
     assert not f.ready
     got = [f.batch(p, X, reduce=r) for r in ("sum", "none")], f(p, X[0])
@@ -210,6 +210,47 @@ def test_calls_before_the_interpreter_is_built_run_as_plain_python(mlp, monkeypa
     for (v1, g1), (v2, g2) in zip(got[0], want[0], strict=True):
         assert _same(v1, v2) and _same(g1, g2)
     assert got[1][0] == want[1][0] and _same(got[1][1], want[1][1])
+
+
+def test_a_forked_child_builds_its_own_interpreter(mlp):
+    """A fork while the interpreter is being built: the child must not wait for the parent's
+    building thread (which the child does not have)."""
+    import multiprocessing as mp
+
+    wrt, inputs, loss = mlp
+    f = sg.compile(loss, wrt=wrt, inputs=inputs, backend="tape")
+    X = np.random.default_rng(4).normal(size=(3000, 6))
+    want = f.batch(None, X)
+    pending: Future = Future()  # the parent "is building": forked, the child cannot finish it
+    old = interpreter._Interpreter._build
+    interpreter._Interpreter._build = pending
+    try:
+        with mp.get_context("fork").Pool(1) as pool:
+            got = pool.apply_async(_batch_in_child, (f, X)).get(timeout=120)
+    finally:
+        interpreter._Interpreter._build = old
+    assert _same(got[0], want[0]) and _same(got[1], want[1])
+
+
+def _batch_in_child(f, X):
+    return f.batch(None, X)
+
+
+def test_odd_layouts_of_x_run_without_a_new_compile(mlp):
+    """Fortran-ordered, strided or read-only X reach the interpreter as plain C arrays."""
+    wrt, inputs, loss = mlp
+    f = sg.compile(loss, wrt=wrt, inputs=inputs, backend="tape")
+    f.wait()
+    X = np.random.default_rng(5).normal(size=(300, 6))
+    want = f.batch(None, X)
+    ro = X.copy()
+    ro.flags.writeable = False
+    run_sums = interpreter._Interpreter.get().ns["run_sums"]
+    before = len(run_sums.signatures)
+    for odd in (np.asfortranarray(X), np.repeat(X, 2, axis=0)[::2], ro):
+        got = f.batch(None, odd)
+        assert _same(got[0], want[0]) and _same(got[1], want[1])
+    assert len(run_sums.signatures) == before
 
 
 def test_a_port_that_does_not_verify_falls_back_to_libm(monkeypatch):
@@ -258,3 +299,32 @@ def test_sum_in_chunks_adds_the_rows_in_the_chunks_asked_for(mlp, backend):
     assert _same(f.sum_in_chunks(p, X, layout.n_chunks(len(X)))[1], f.batch(p, X)[1])
     with pytest.raises(ValueError, match="n_chunks"):
         f.sum_in_chunks(p, X, 0)
+
+
+def test_a_forked_child_gets_helper_threads_of_its_own(mlp):
+    import multiprocessing as mp
+
+    wrt, inputs, loss = mlp
+    f = sg.compile(loss, wrt=wrt, inputs=inputs, backend="tape")
+    f.wait()
+    X = np.random.default_rng(7).normal(size=(4000, 6))
+    f.batch(None, X)  # the parent's helper threads are running now
+    with mp.get_context("fork").Pool(1) as pool:
+        alive, queued = pool.apply_async(_helpers_after_batches, (f, X)).get(timeout=120)
+    assert alive and queued == 0
+
+
+def _helpers_after_batches(f, X):
+    import numba
+
+    from symgrad.executors import threads
+
+    import time
+
+    numba.set_num_threads(2)
+    for _ in range(5):
+        f.batch(None, X)
+    deadline = time.monotonic() + 5.0  # jobs the caller finished alone are skipped, not kept
+    while threads._jobs.qsize() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return all(t.is_alive() for t in threads._helpers), threads._jobs.qsize()

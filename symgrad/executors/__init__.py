@@ -29,7 +29,7 @@ REGISTRY: dict[str, type[Executor]] = {
 }
 
 AUTO = "numba"  # the default backend: line kernels for small graphs, the tape for big ones
-BACKENDS = (AUTO, *REGISTRY)
+BACKENDS = (AUTO, *REGISTRY)  # as registered at import (check_backend reads REGISTRY itself)
 
 # graphs with more instructions than this are not compiled line by line (Numba's compile time
 # grows faster than linearly with function length) but lowered to a tape
@@ -37,9 +37,9 @@ LINE_LIMIT = 1500
 
 
 def check_backend(backend: str) -> None:
-    """Raise a ValueError naming the choices unless `backend` is one of `BACKENDS`."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    """Raise a ValueError naming the choices unless `backend` is "numba" or in `REGISTRY`."""
+    if not isinstance(backend, str) or (backend != AUTO and backend not in REGISTRY):
+        raise ValueError(f"backend must be one of {(AUTO, *REGISTRY)}, got {backend!r}")
 
 
 def select(backend: str, kernels: Sequence[Kernel]) -> type[Executor]:

@@ -32,6 +32,7 @@ class Executor(ABC):
         lowering: how the IR is lowered for it: "lines" (one statement per instruction) or
             "tape" (levelled runs of one op).
         exact: whether every result equals the interpreted engine's bit for bit.
+        preparing: what `prepare` is doing, for the progress line of a slow compile.
 
     Attributes:
         kernels: the kernels by name.
@@ -42,6 +43,7 @@ class Executor(ABC):
     name: ClassVar[str]
     lowering: ClassVar[str]
     exact: ClassVar[bool] = True
+    preparing: ClassVar[str] = "preparing the executor"  # what a slow `prepare` is doing
 
     def __init__(self, kernels: Sequence[Kernel], title: str, header: str) -> None:
         self.kernels = {k.name: k for k in kernels}
@@ -123,11 +125,11 @@ class TapeExecutor(Executor):
         tp, layout = self.tapes[kernel], self.kernels[kernel].layout
         if mode is not None and self._simple[kernel]:
             # parameters, one per-row matrix, values, accumulated results: passed as they are
-            X, values = arrays[1], arrays[2]
+            params, X, values = _plain(arrays[0]), _plain(arrays[1]), arrays[2]
             n, n_out = X.shape[0], layout.n_assigned()
             lead = n if mode == "rows" else 1
             acc = arrays[3].reshape(lead, -1) if len(arrays) > 3 else np.zeros((lead, 0))
-            self.run_tape(kernel, arrays[0], X, n_out, values.reshape(n, n_out), acc,
+            self.run_tape(kernel, params, X, n_out, values.reshape(n, n_out), acc,
                           mode == "rows", n_chunks)
             return
         params, X = _gather_arguments(layout, mode, arrays)
@@ -147,6 +149,14 @@ class TapeExecutor(Executor):
         self.run_tape(kernel, params, X, n_out, values, acc, per_row, n_chunks)
         _scatter(assigned, values, n, mode is not None)
         _scatter(accumulated, acc, lead, True, add=True)
+
+
+def _plain(a: np.ndarray) -> np.ndarray:
+    """`a` as C-contiguous, writeable float64 (copied if need be): compiled code is typed by an
+    array's layout and flags, and another layout would mean another compile."""
+    if a.flags.c_contiguous and a.flags.writeable:
+        return a
+    return np.require(a, np.float64, ["C_CONTIGUOUS", "ALIGNED", "WRITEABLE"])
 
 
 def _simple(layout: Layout) -> bool:
@@ -173,8 +183,8 @@ def _gather_arguments(layout: Layout, mode: BatchMode | None,
     if mode is None:
         rows = [r.reshape(1, -1) for r in rows]
     n = rows[0].shape[0] if rows else 1
-    params = np.ascontiguousarray(np.concatenate(fixed)) if fixed else np.zeros(0)
-    X = np.ascontiguousarray(np.hstack(rows)) if rows else np.zeros((n, 0))
+    params = _plain(np.concatenate(fixed)) if fixed else np.zeros(0)
+    X = _plain(np.hstack(rows)) if rows else np.zeros((n, 0))
     return params, X
 
 

@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import hashlib
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -25,7 +26,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .. import jit, layout, tape
+from .. import cache, jit, layout, tape
 from ..ir import Func, Instr, Var
 from ..layout import Kernel
 from ..ops import OPS
@@ -195,13 +196,15 @@ class _Interpreter:
     @classmethod
     def building(cls) -> Future[_Interpreter]:
         """The interpreter: built, or being built on a thread of its own (a first-ever build
-        compiles for seconds; later ones load Numba's disk cache)."""
+        compiles for seconds; later ones load Numba's disk cache). A build that failed is
+        started again."""
         with cls._lock:
-            if cls._build is None:
-                cls._build = Future()
-                threading.Thread(target=cls._run_build, args=(cls._build,), daemon=True,
+            fut = cls._build
+            if fut is None or (fut.done() and fut.exception() is not None):
+                fut = cls._build = Future()
+                threading.Thread(target=cls._run_build, args=(fut,), daemon=True,
                                  name="symgrad-compile").start()
-            return cls._build
+            return fut
 
     @staticmethod
     def _run_build(fut: Future[_Interpreter]) -> None:
@@ -212,14 +215,20 @@ class _Interpreter:
 
     @classmethod
     def finish_build(cls) -> None:
-        """Wait for a build under way (at exit: so that what it compiled reaches the cache)."""
-        if cls._build is not None:
-            with contextlib.suppress(BaseException):
-                cls._build.result()
+        """At exit: wait for a first build under way, so that what it compiled reaches the
+        cache (saying so; Ctrl-C skips it). With the cache off there is nothing to keep."""
+        fut = cls._build
+        if fut is None or fut.done() or cache.cache_dir() is None:
+            return
+        print("symgrad: finishing the first build of the tape interpreter, so that the next "
+              "run finds it in the cache (Ctrl-C skips) ...", file=sys.stderr, flush=True)
+        with contextlib.suppress(BaseException):
+            fut.result()
 
     @classmethod
     def forget_build(cls) -> None:
-        """In a forked child: the thread building the interpreter is the parent's, not ours."""
+        """In a forked child: the thread building the interpreter is the parent's, not ours
+        (the child starts its own build when it needs one)."""
         cls._lock = threading.Lock()
         if cls._build is not None and not cls._build.done():
             cls._build = None
@@ -265,8 +274,10 @@ class TapeInterpreter(TapeExecutor):
     """
 
     name = "tape"
+    preparing = "planning the tape (its interpreter builds in the background)"
     THREAD_WORK: ClassVar[int] = 100_000
     FALLBACK_WORK: ClassVar[int] = 300_000
+    FALLBACK_LENGTH: ClassVar[int] = 20_000  # longer kernels: Python source too costly to make
 
     def __init__(self, kernels: Sequence[Kernel], title: str, header: str) -> None:
         super().__init__(kernels, title, header)
@@ -277,24 +288,26 @@ class TapeInterpreter(TapeExecutor):
             self.source = self.source.replace(f"# {k.name}\n", f"# {k.name}\n{pl.describe()}\n", 1)
         self.source += "\n\n" + interpreter_source()
         self._packed = {name: pack(pl) for name, pl in self.plans.items()}
-        self._build = _Interpreter.building()
         self._fallback: Executor | None = None
+        self._fallback_lock = threading.Lock()
+        _Interpreter.building()  # start it now
 
     def prepare(self) -> None:
-        """Start building the interpreter (once per process and set of ops); see the class."""
+        """Start building the interpreter (once per process); see the class."""
 
     @property
     def ready(self) -> bool:
         """Whether the compiled interpreter is built (else small calls run as plain Python)."""
-        return self._build.done()
+        fut = _Interpreter.building()
+        return fut.done() and fut.exception() is None
 
     def wait(self) -> None:
         """Block until the compiled interpreter is built (re-raising what its build raised)."""
-        self._build.result()
+        _Interpreter.building().result()
 
     def call(self, kernel: str, arrays: Sequence[np.ndarray]) -> None:
         """One row (as plain Python while the interpreter is being built)."""
-        if not self._build.done() and len(self.tapes[kernel].out) <= self.FALLBACK_WORK:
+        if self._use_python(kernel, 1):
             self._python().call(kernel, arrays)
             return
         super().call(kernel, arrays)
@@ -303,19 +316,29 @@ class TapeInterpreter(TapeExecutor):
               n_chunks: int | None = None) -> None:
         """Rows of the per-row arguments (small batches as plain Python while the interpreter
         is being built)."""
-        if not self._build.done():
-            n = arrays[self.kernels[kernel].layout.first_per_row()].shape[0]
-            if n * len(self.tapes[kernel].out) <= self.FALLBACK_WORK:
-                self._python().batch(kernel, arrays, mode, n_chunks)
-                return
+        n = arrays[self.kernels[kernel].layout.first_per_row()].shape[0]
+        if self._use_python(kernel, n):
+            self._python().batch(kernel, arrays, mode, n_chunks)
+            return
         super().batch(kernel, arrays, mode, n_chunks)
 
-    def _python(self) -> Executor:
-        if self._fallback is None:
-            from .lines import PythonLines
+    def _use_python(self, kernel: str, rows: int) -> bool:
+        """Whether to run `rows` rows as plain Python: only while the interpreter is being
+        built, and only when that is quicker than waiting (a short kernel, few rows)."""
+        if _Interpreter.building().done():
+            self._fallback = None  # never needed again
+            return False
+        length = len(self.tapes[kernel].out)
+        return length <= self.FALLBACK_LENGTH and rows * length <= self.FALLBACK_WORK
 
-            self._fallback = PythonLines(list(self.kernels.values()), self.title, self.header)
-        return self._fallback
+    def _python(self) -> Executor:
+        with self._fallback_lock:
+            if self._fallback is None:
+                from .lines import PythonLines
+
+                self._fallback = PythonLines(list(self.kernels.values()), self.title,
+                                             self.header)
+            return self._fallback
 
     def run_tape(self, kernel: str, params: np.ndarray, X: np.ndarray, n_out: int,
                  values: np.ndarray, acc: np.ndarray, per_row: bool,
@@ -323,8 +346,8 @@ class TapeInterpreter(TapeExecutor):
         """See `TapeExecutor.run_tape`."""
         pl = self.plans[kernel]
         threads = 1 if n_chunks is not None else self._threads(X.shape[0], len(pl.tape.out))
-        self._build.result().run(self._packed[kernel], pl, params, X, values, acc, per_row,
-                                 threads, n_chunks)
+        _Interpreter.building().result().run(self._packed[kernel], pl, params, X, values, acc,
+                                             per_row, threads, n_chunks)
 
     def _threads(self, n_rows: int, length: int) -> int:
         if n_rows * length < self.THREAD_WORK or layout.n_chunks(n_rows) < 2:

@@ -32,6 +32,7 @@ class NumbaLines(Executor):
 
     name = "lines"
     lowering = "lines"
+    preparing = "Numba is compiling the generated code (kept in the disk cache for next time)"
     jit: ClassVar[bool] = True
     THREAD_WORK: ClassVar[int] = 100_000
 
@@ -114,6 +115,7 @@ class PythonLines(NumbaLines):
     """The same source run by Python, not JIT-compiled: readable, debuggable, no Numba needed."""
 
     name = "python"
+    preparing = "loading the generated code"
     jit = False
 
     def call(self, kernel: str, arrays: Sequence[np.ndarray]) -> None:

@@ -14,6 +14,7 @@ the buffers are added in chunk order afterwards.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -108,6 +109,17 @@ def _ensure_helpers(n: int) -> None:
                                  daemon=True)
             t.start()
             _helpers.append(t)
+
+
+def _forget_helpers() -> None:
+    """In a forked child: the parent's helper threads do not exist here; start afresh."""
+    global _jobs, _start_lock
+    _jobs = queue.SimpleQueue()
+    _helpers.clear()
+    _start_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_helpers)
 
 
 def run_on_threads(fn: Callable[..., None], args: tuple[Any, ...], threads: int) -> None:

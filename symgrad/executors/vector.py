@@ -1131,6 +1131,7 @@ class VectorPlan(TapeExecutor):
 
     name = "vector"
     exact = False
+    preparing = "planning the matrix products"
 
     def __init__(self, kernels: Any, title: str, header: str) -> None:
         super().__init__(kernels, title, header)
