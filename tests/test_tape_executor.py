@@ -315,11 +315,11 @@ def test_a_forked_child_gets_helper_threads_of_its_own(mlp):
 
 
 def _helpers_after_batches(f, X):
+    import time
+
     import numba
 
     from symgrad.executors import threads
-
-    import time
 
     numba.set_num_threads(2)
     for _ in range(5):
