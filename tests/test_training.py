@@ -142,6 +142,21 @@ def test_parameters_round_trip_through_a_vector() -> None:
         parameters_to_vector([sg.Value(1.0), 2.0])
 
 
+def test_parameter_lists_must_be_ordered_lists_of_leaves() -> None:
+    a, b = sg.Value(1.0, label="a"), sg.Value(2.0, label="b")
+    for convert in (parameters_to_vector, lambda ps: vector_to_parameters([0.0, 0.0], ps)):
+        with pytest.raises(TypeError, match="got a set, which has no order; pass a list"):
+            convert({a, b})
+        with pytest.raises(TypeError, match="got a frozenset, which has no order"):
+            convert(frozenset({a, b}))
+        with pytest.raises(TypeError, match=r"got a dict \(iterating it gives its keys\)"):
+            convert({a: "w", b: "b"})
+        with pytest.raises(TypeError, match=r"params\[1\] \(unlabelled\) is the result of an "
+                                            r"operation \(\*\), not a leaf"):
+            convert([a, a * b])
+    assert (a.data, b.data) == (1.0, 2.0)  # nothing was written
+
+
 # ---- fit -----------------------------------------------------------------------------------------
 
 
