@@ -284,7 +284,9 @@ class Program:
         )
 
     def _repr_html_(self) -> str:
-        """For notebooks: the summary as a table, the IR and the generated source folded."""
+        """For notebooks: the summary as a table, the IR and the generated source folded (for a
+        big model, their first and last lines: ``print(f.ir)`` and ``print(f.source)`` show
+        all of them)."""
         outs, params, ins = self._names()
         stats = self.stats
         rows = [
@@ -302,10 +304,11 @@ class Program:
                         f"<td style='text-align:left'>{html.escape(v)}</td></tr>" for k, v in rows)
         parts = [f"<b>{html.escape(type(self).__name__)} {html.escape(self.name)}</b>",
                  f"<table>{table}</table>"]
-        for title, text in (("IR", str(getattr(self, "ir", ""))), ("generated source",
-                                                                   self.source)):
-            parts.append(f"<details><summary>{title}</summary><pre>{html.escape(text)}</pre>"
-                         "</details>")
+        for title, text, attr in (("IR", str(getattr(self, "ir", "")), "ir"),
+                                  ("generated source", self.source, "source")):
+            shown, note = _excerpt(text, f"print(f.{attr})")
+            parts.append(f"<details><summary>{title}{html.escape(note)}</summary>"
+                         f"<pre>{html.escape(shown)}</pre></details>")
         return "\n".join(parts)
 
     def _names(self) -> tuple[list[str], list[str], list[str]]:
@@ -347,6 +350,23 @@ def _restore(cls: type[Program], state: dict[str, Any]) -> Program:
     # the compile's own seconds, and this load's; stats["cache"] says how the load went
     obj.stats["seconds"] = {**seconds, "load": time.perf_counter() - t0}
     return obj
+
+
+# a notebook keeps what a cell displays: a big model's IR or source (megabytes) is shown as
+# its first and last lines
+HTML_HEAD, HTML_TAIL = 300, 100
+
+
+def _excerpt(text: str, how: str) -> tuple[str, str]:
+    """`text` whole when short, else its first `HTML_HEAD` and last `HTML_TAIL` lines around a
+    line saying how many are left out and that `how` shows them; and a note for the title."""
+    lines = text.splitlines()
+    if len(lines) <= HTML_HEAD + HTML_TAIL:
+        return text, ""
+    left = len(lines) - HTML_HEAD - HTML_TAIL
+    gap = f"... {left:,} lines not shown here: {how} shows all {len(lines):,} ..."
+    shown = "\n".join([*lines[:HTML_HEAD], gap, *lines[-HTML_TAIL:]])
+    return shown, f" ({len(lines):,} lines: the first {HTML_HEAD} and the last {HTML_TAIL})"
 
 
 def _listing(what: str, items: list[str], show: int = 4) -> str:
