@@ -87,6 +87,38 @@ def test_adam_follows_its_update_rule(lr: float, betas: tuple[float, float], eps
                                atol=1e-15)
 
 
+def adam_pytorch_scalar(p: np.ndarray, grads: list[np.ndarray], lr: float, b1: float,
+                        b2: float, eps: float) -> np.ndarray:
+    """torch.optim.Adam's single-tensor update, one Python float at a time in the order of its
+    scalar kernels: lerp_ (two forms, by the weight), mul_ then addcmul_, addcdiv_."""
+    out = []
+    for i, p_i in enumerate(p.tolist()):
+        m = v = 0.0
+        for t, grad in enumerate(grads, start=1):
+            g, w = float(grad[i]), 1.0 - b1
+            m = m + w * (g - m) if abs(w) < 0.5 else g - (g - m) * (1.0 - w)
+            v = v * b2 + ((1.0 - b2) * g) * g
+            step_size = lr / (1.0 - b1**t)
+            denom = math.sqrt(v) / math.sqrt(1.0 - b2**t) + eps
+            p_i = p_i + (-step_size * m) / denom
+        out.append(p_i)
+    return np.array(out)
+
+
+@pytest.mark.parametrize(("lr", "betas", "eps"), [
+    (1e-3, (0.9, 0.999), 1e-8), (0.05, (0.8, 0.99), 1e-6), (0.1, (0.3, 0.5), 0.0),
+])
+def test_adam_rounds_as_pytorchs_scalar_code(lr: float, betas: tuple[float, float],
+                                             eps: float) -> None:
+    p0 = np.random.default_rng(5).normal(size=300)
+    grads = _grads(300, 20, seed=6)
+    p = p0.copy()
+    opt = Adam(lr, betas=betas, eps=eps)
+    for g in grads:
+        opt.step(p, g)
+    np.testing.assert_array_equal(p, adam_pytorch_scalar(p0, grads, lr, *betas, eps))
+
+
 def test_adam_first_step_moves_each_parameter_by_lr() -> None:
     # with bias correction, step 1 is lr * g / (|g| + eps): lr in the direction of -g
     p = np.zeros(3)
