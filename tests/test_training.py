@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import warnings
 from pathlib import Path
 
@@ -282,11 +283,25 @@ def test_fit_trains_the_moons() -> None:
     assert np.mean(correct) >= 0.95
 
 
-def test_fit_progress_bar_shows_the_running_loss(capsys: pytest.CaptureFixture[str]) -> None:
+def test_fit_progress_bar_shows_the_running_loss(capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
     f, data = _regression()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal
     sg.fit(f, None, data, optimizer=SGD(0.1), epochs=3, batch_size=25, progress=True)
     err = capsys.readouterr().err
     assert "fit f" in err and "epoch 3/3" in err and "loss" in err and "6/6" in err
+
+
+def test_fit_progress_bar_stays_off_a_stderr_that_is_not_a_terminal(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    assert not sys.stderr.isatty()  # captured: as a log file or a pipe would be
+    f, data = _regression()
+    sg.fit(f, None, data, optimizer=SGD(0.1), epochs=3, batch_size=25, progress=True)
+    assert capsys.readouterr().err == ""
 
 
 def test_fit_warns_when_the_loss_stops_being_finite() -> None:
@@ -297,7 +312,20 @@ def test_fit_warns_when_the_loss_stops_being_finite() -> None:
                            progress=False)
     assert not np.isfinite(losses[-1])
     msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    assert len([m for m in msgs if "fit: the loss is" in m]) == 1, msgs
+    found = [m for m in msgs if "fit: the loss is" in m]
+    assert len(found) == 1, msgs
+    # where, as the user can count it (not row numbers of a shuffled copy), and what to check
+    assert re.search(r"in epoch \d+ of 30, minibatch \d+ of 5;", found[0]), found[0]
+    assert "rows" not in found[0] and "shuffled" not in found[0]
+    assert "np.isfinite(X).all()" in found[0] and "learning rate" in found[0]
+
+
+def test_fit_names_the_epoch_of_a_full_batch_that_is_not_finite() -> None:
+    f, data = _regression()
+    data = data.copy()
+    data[7, 0] = math.nan
+    with pytest.warns(RuntimeWarning, match=r"loss is nan in epoch 1 of 2 \(full batch\)"):
+        sg.fit(f, None, data, optimizer=SGD(0.1), epochs=2, progress=False)
 
 
 def test_fit_refuses_bad_arguments() -> None:
@@ -318,5 +346,15 @@ def test_fit_refuses_bad_arguments() -> None:
         sg.fit(f, [1.0], data, optimizer=opt, epochs=1)
     with pytest.raises(TypeError, match="step"):
         sg.fit(f, None, data, optimizer=object(), epochs=1)  # type: ignore[arg-type]
+    for cls in (SGD, Adam):
+        with pytest.raises(TypeError, match=rf"optimizer: expected an optimizer instance such "
+                                            rf"as Adam\(1e-3\), got the class {cls.__name__}$"):
+            sg.fit(f, None, data, optimizer=cls, epochs=1)  # type: ignore[arg-type]
+    for seed in (1.5, "0", None, True, np.float64(2.0)):
+        with pytest.raises(TypeError, match=r"fit: seed must be an int, got"):
+            sg.fit(f, None, data, optimizer=opt, epochs=1, seed=seed)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"fit: seed must be an int >= 0, got -1"):
+        sg.fit(f, None, data, optimizer=opt, epochs=1, seed=-1)
+    sg.fit(f, None, data, optimizer=opt, epochs=1, seed=np.int64(3), progress=False)
     p, losses = sg.fit(f, None, data, optimizer=opt, epochs=0, batch_size=1000, progress=False)
     assert losses.shape == (0,) and p.tolist() == [0.0, 0.0]
