@@ -415,13 +415,17 @@ class Compiled(Program):
         """Write this function as one standalone Python module that needs numpy and numba only.
 
         The module defines ``value_and_grad(params, inputs)``, ``forward(params, inputs)``,
-        ``batch(params, X, reduce="sum")`` and ``batch_forward(params, X)``, which give this
-        object's results bit for bit, and ``WRT``, ``INPUTS`` (the argument names) and
-        ``PARAMS``. It is symgrad's own code for this lowering (the generated kernels, or the
-        tape interpreter and the model's plans), copied in; see `symgrad.export`.
+        ``batch(params, X, reduce="sum")`` and ``batch_forward(params, X)``, which check their
+        arguments as this object does and give its results bit for bit, and ``WRT``,
+        ``INPUTS`` (the argument names), ``PARAMS`` and ``INPUT_VALUES`` (the defaults of
+        ``params`` and ``inputs``). It is symgrad's own code for this lowering (the generated
+        kernels, or the tape interpreter and the model's plans), copied in; see
+        `symgrad.export`.
 
         Args:
-            path: the file to write; its name must end in ``.py``.
+            path: the file to write; its name must end in ``.py`` and the rest be a module name
+                ``import`` takes that hides no module (not a keyword, not ``numpy``, not a
+                standard library module such as ``base64``): a ValueError otherwise.
             params: the values the module holds as ``PARAMS`` (its default `params`), e.g.
                 trained ones; default: the `wrt` leaves' current ``.data``.
         Returns:
