@@ -197,12 +197,16 @@ class Program:
         return new
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Program:
-        """A copy as pickling makes one (fresh leaves with the labels and current values, its
-        own stats) that shares the IR and the compiled code, which never change."""
+        """A copy with leaves of its own and its own stats, sharing the IR and the compiled
+        code, which never change. The leaves are copied through `memo`: in a deepcopy of a
+        structure holding the model too (``copy.deepcopy((model, f))``), the copy's `wrt` and
+        `inputs` are the copied model's leaves, in either order; alone, new leaves with the
+        labels and current values (and grads) of these."""
         new = self.__copy__()
-        new._wrt, new._inputs = _fresh_leaves(self._wrt), _fresh_leaves(self._inputs)
-        new.stats = copy.deepcopy(self.stats, memo)
         memo[id(self)] = new
+        new._wrt = tuple(copy.deepcopy(v, memo) for v in self._wrt)
+        new._inputs = tuple(copy.deepcopy(v, memo) for v in self._inputs)
+        new.stats = copy.deepcopy(self.stats, memo)
         return new
 
     def _run(self, kernel: str, batch: executors.BatchMode | None, *arrays: np.ndarray) -> None:
@@ -318,11 +322,6 @@ class Program:
         outs = [atom_text(r, nm) for r in func.results]
         args = [nm[a] for a in func.args]
         return outs, args[: self.n_params], args[self.n_params:]
-
-
-def _fresh_leaves(leaves: Iterable[Value]) -> tuple[Value, ...]:
-    """New leaves with the same labels and current values, tied to no graph."""
-    return tuple(Value(v.data, label=v.label) for v in leaves)
 
 
 def _restore(cls: type[Program], state: dict[str, Any]) -> Program:

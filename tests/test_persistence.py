@@ -29,7 +29,7 @@ import symgrad as sg
 from symgrad import export
 from symgrad.autodiff import value_and_grad
 from symgrad.ir import evaluate
-from symgrad.nn import MLP
+from symgrad.nn import MLP, vector_to_parameters
 from symgrad.ops import OPS
 from tests.strategies import programs, to_ir, to_values
 
@@ -230,6 +230,42 @@ def test_deepcopy_shares_the_code_not_the_leaves() -> None:
     # containers of compiled objects deep-copy too (each object once)
     pair = copy.deepcopy([f, f])
     assert pair[0] is pair[1] and pair[0] is not f
+
+
+def test_deepcopy_of_a_model_with_its_function_keeps_them_linked() -> None:
+    random.seed(3)
+    model = MLP(2, [3, 1])
+    x = [sg.Value(0.3, label="x0"), sg.Value(-0.2, label="x1")]
+    f = sg.compile(model(x), wrt=model.parameters(), inputs=x, backend="python")
+    want = f()
+    for order in ("model first", "f first"):
+        if order == "model first":
+            m2, f2, x2 = copy.deepcopy((model, f, x))
+        else:
+            f2, m2, x2 = copy.deepcopy((f, model, x))
+        assert all(a is b for a, b in zip(f2.wrt, m2.parameters(), strict=True)), order
+        assert all(a is b for a, b in zip(f2.inputs, x2, strict=True)), order
+        assert not set(map(id, f2.wrt)) & set(map(id, f.wrt))
+        vector_to_parameters(np.zeros(len(f2.wrt)), m2)  # the copied model moves, f2 follows
+        x2[0].data = 1.0
+        assert f2()[0] == f2(np.zeros(len(f2.wrt)), [1.0, -0.2])[0] != want[0]
+        assert f()[0] == want[0]  # the original is untouched
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_every_pickle_protocol_works(protocol: int) -> None:
+    outs, wrt, inputs = _model()
+    X = np.random.default_rng(1).uniform(-1, 1, (50, len(inputs)))
+    objs = [sg.compile(outs, wrt=wrt, inputs=inputs, backend=b, name=f"p{protocol}_{b}")
+            for b in ("python", "tape", "vector")]
+    objs += [t(outs, wrt=wrt, inputs=inputs, backend="python")
+             for t in (sg.jvp, sg.hvp, sg.hessian)]
+    for f in objs:
+        g = pickle.loads(pickle.dumps(f, protocol=protocol))
+        assert type(g) is type(f) and str(g.ir) == str(f.ir)
+        if isinstance(f, sg.Compiled):
+            for a, b in zip(g.batch(None, X), f.batch(None, X), strict=True):
+                assert np.array_equal(_bits(a), _bits(b)), f.backend
 
 
 def test_a_pickle_of_another_format_is_refused() -> None:
