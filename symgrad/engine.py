@@ -250,7 +250,10 @@ def _coerce(a: Any, op: OpDef, i: int) -> Value:
             f"unsupported operand for {op.name} ({op.symbol}): operand {i} is "
             f"{type(a).__name__} {a!r:.40}; expected a Value, int or float"
         )
-    v = Value(float(a))
+    try:
+        v = Value(float(a))
+    except OverflowError:
+        raise ValueError(ops.operand_too_large(op, f"operand {i}", a)) from None
     v._lit = True
     return v
 
