@@ -18,7 +18,7 @@ from .checking import (
 from .compiled import Compiled, compile
 from .engine import Value
 from .higher import hessian, hvp, jvp
-from .ops import COS, EXP, LOG, MAXIMUM, MINIMUM, OPS, RELU, SIGMOID, SIN, SQRT, TANH, WHERE
+from .ops import ABS, COS, EXP, LOG, MAXIMUM, MINIMUM, OPS, RELU, SIGMOID, SIN, SQRT, TANH, WHERE
 from .symbolic import to_sympy
 from .training import fit
 from .viz import draw_dot, draw_ir
@@ -26,6 +26,9 @@ from .viz import draw_dot, draw_ir
 # the op table's entries work on floats, Values and IR handles alike: sg.tanh(x)
 tanh, exp, log, relu, sigmoid, sin, cos = TANH, EXP, LOG, RELU, SIGMOID, SIN, COS
 sqrt, maximum, minimum, where = SQRT, MAXIMUM, MINIMUM, WHERE
+# sg.abs(x) is abs(x); it stays out of __all__, so `from symgrad import *` leaves the builtin abs
+# alone (the op gives a float: abs(-3) would be 3.0)
+abs = ABS
 
 __all__ = [
     "OPS",

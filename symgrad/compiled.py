@@ -193,12 +193,16 @@ class Program:
         return new
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Program:
-        """A copy as pickling makes one (fresh leaves with the labels and current values, its
-        own stats) that shares the IR and the compiled code, which never change."""
+        """A copy with leaves of its own and its own stats, sharing the IR and the compiled
+        code, which never change. The leaves are copied through `memo`: in a deepcopy of a
+        structure holding the model too (``copy.deepcopy((model, f))``), the copy's `wrt` and
+        `inputs` are the copied model's leaves, in either order; alone, new leaves with the
+        labels and current values (and grads) of these."""
         new = self.__copy__()
-        new._wrt, new._inputs = _fresh_leaves(self._wrt), _fresh_leaves(self._inputs)
-        new.stats = copy.deepcopy(self.stats, memo)
         memo[id(self)] = new
+        new._wrt = tuple(copy.deepcopy(v, memo) for v in self._wrt)
+        new._inputs = tuple(copy.deepcopy(v, memo) for v in self._inputs)
+        new.stats = copy.deepcopy(self.stats, memo)
         return new
 
     def _run(self, kernel: str, batch: executors.BatchMode | None, *arrays: np.ndarray) -> None:
@@ -280,7 +284,9 @@ class Program:
         )
 
     def _repr_html_(self) -> str:
-        """For notebooks: the summary as a table, the IR and the generated source folded."""
+        """For notebooks: the summary as a table, the IR and the generated source folded (for a
+        big model, their first and last lines: ``print(f.ir)`` and ``print(f.source)`` show
+        all of them)."""
         outs, params, ins = self._names()
         stats = self.stats
         rows = [
@@ -298,10 +304,11 @@ class Program:
                         f"<td style='text-align:left'>{html.escape(v)}</td></tr>" for k, v in rows)
         parts = [f"<b>{html.escape(type(self).__name__)} {html.escape(self.name)}</b>",
                  f"<table>{table}</table>"]
-        for title, text in (("IR", str(getattr(self, "ir", ""))), ("generated source",
-                                                                   self.source)):
-            parts.append(f"<details><summary>{title}</summary><pre>{html.escape(text)}</pre>"
-                         "</details>")
+        for title, text, attr in (("IR", str(getattr(self, "ir", "")), "ir"),
+                                  ("generated source", self.source, "source")):
+            shown, note = _excerpt(text, f"print(f.{attr})")
+            parts.append(f"<details><summary>{title}{html.escape(note)}</summary>"
+                         f"<pre>{html.escape(shown)}</pre></details>")
         return "\n".join(parts)
 
     def _names(self) -> tuple[list[str], list[str], list[str]]:
@@ -311,11 +318,6 @@ class Program:
         outs = [atom_text(r, nm) for r in func.results]
         args = [nm[a] for a in func.args]
         return outs, args[: self.n_params], args[self.n_params:]
-
-
-def _fresh_leaves(leaves: Iterable[Value]) -> tuple[Value, ...]:
-    """New leaves with the same labels and current values, tied to no graph."""
-    return tuple(Value(v.data, label=v.label) for v in leaves)
 
 
 def _restore(cls: type[Program], state: dict[str, Any]) -> Program:
@@ -343,6 +345,23 @@ def _restore(cls: type[Program], state: dict[str, Any]) -> Program:
     # the compile's own seconds, and this load's; stats["cache"] says how the load went
     obj.stats["seconds"] = {**seconds, "load": time.perf_counter() - t0}
     return obj
+
+
+# a notebook keeps what a cell displays: a big model's IR or source (megabytes) is shown as
+# its first and last lines
+HTML_HEAD, HTML_TAIL = 300, 100
+
+
+def _excerpt(text: str, how: str) -> tuple[str, str]:
+    """`text` whole when short, else its first `HTML_HEAD` and last `HTML_TAIL` lines around a
+    line saying how many are left out and that `how` shows them; and a note for the title."""
+    lines = text.splitlines()
+    if len(lines) <= HTML_HEAD + HTML_TAIL:
+        return text, ""
+    left = len(lines) - HTML_HEAD - HTML_TAIL
+    gap = f"... {left:,} lines not shown here: {how} shows all {len(lines):,} ..."
+    shown = "\n".join([*lines[:HTML_HEAD], gap, *lines[-HTML_TAIL:]])
+    return shown, f" ({len(lines):,} lines: the first {HTML_HEAD} and the last {HTML_TAIL})"
 
 
 def _listing(what: str, items: list[str], show: int = 4) -> str:
@@ -391,13 +410,17 @@ class Compiled(Program):
         """Write this function as one standalone Python module that needs numpy and numba only.
 
         The module defines ``value_and_grad(params, inputs)``, ``forward(params, inputs)``,
-        ``batch(params, X, reduce="sum")`` and ``batch_forward(params, X)``, which give this
-        object's results bit for bit, and ``WRT``, ``INPUTS`` (the argument names) and
-        ``PARAMS``. It is symgrad's own code for this lowering (the generated kernels, or the
-        tape interpreter and the model's plans), copied in; see `symgrad.export`.
+        ``batch(params, X, reduce="sum")`` and ``batch_forward(params, X)``, which check their
+        arguments as this object does and give its results bit for bit, and ``WRT``,
+        ``INPUTS`` (the argument names), ``PARAMS`` and ``INPUT_VALUES`` (the defaults of
+        ``params`` and ``inputs``). It is symgrad's own code for this lowering (the generated
+        kernels, or the tape interpreter and the model's plans), copied in; see
+        `symgrad.export`.
 
         Args:
-            path: the file to write; its name must end in ``.py``.
+            path: the file to write; its name must end in ``.py`` and the rest be a module name
+                ``import`` takes that hides no module (not a keyword, not ``numpy``, not a
+                standard library module such as ``base64``): a ValueError otherwise.
             params: the values the module holds as ``PARAMS`` (its default `params`), e.g.
                 trained ones; default: the `wrt` leaves' current ``.data``.
         Returns:

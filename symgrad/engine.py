@@ -231,14 +231,19 @@ class Value:
 
     def __bool__(self) -> bool:
         op = self._opdef
+        condition = op is not None and op in ops.COMPARISONS.values()
         what = (f"the truth value of a traced condition ({self._op}) is not known at trace time"
-                if op is not None and op in ops.COMPARISONS.values()
-                else "the truth value of a Value is not traced")
+                if condition else "the truth value of a Value is not traced")
+        # a chained comparison `0 < x < 2` is `(0 < x) and (x < 2)`: Python asks for bool() here
+        chained = (" A chained comparison (0 < x < 2) is a Python `and` too: conditions are "
+                   "1.0 or 0.0, so write (x > 0) * (x < 2) for `and`, sg.maximum(c1, c2) for "
+                   "`or`, 1 - c for `not`, e.g. sg.where((x > 0) * (x < 2), x, 0.0)."
+                   if condition else "")
         raise TypeError(
             f"{what}: a Python `if`, `and`, `or`, `while`, `max()` or `sorted()` would fix one "
             "branch for every later call. Select between Values with sg.where(a > b, x, y) "
-            "(or sg.maximum, sg.minimum, abs); branch on .data only where the branch must not "
-            "follow the data"
+            "(or sg.maximum, sg.minimum, sg.abs); branch on .data only where the branch must not "
+            f"follow the data.{chained}"
         )
 
 
@@ -250,7 +255,10 @@ def _coerce(a: Any, op: OpDef, i: int) -> Value:
             f"unsupported operand for {op.name} ({op.symbol}): operand {i} is "
             f"{type(a).__name__} {a!r:.40}; expected a Value, int or float"
         )
-    v = Value(float(a))
+    try:
+        v = Value(float(a))
+    except OverflowError:
+        raise ValueError(ops.operand_too_large(op, f"operand {i}", a)) from None
     v._lit = True
     return v
 

@@ -4,7 +4,8 @@ Imports `codegen`, `ir`, `layout`, `ops` and `tape`; for the tape lowering also 
 `interpreter` and `tape_plan`, and `vecmath` (numba, at save time only). The module written
 imports numpy and numba (with llvmlite, which numba brings, and Python's standard library) and
 nothing else; it defines ``value_and_grad``, ``forward``, ``batch``, ``batch_forward``,
-``WRT``, ``INPUTS`` and ``PARAMS``, and gives the compiled function's results bit for bit,
+``WRT``, ``INPUTS``, ``PARAMS`` and ``INPUT_VALUES``, checks their arguments as the compiled
+function does, and gives the compiled function's results bit for bit,
 because it runs symgrad's own code for the lowering, JIT-compiled as symgrad compiles it:
 
 - line lowering: the generated kernels and batch loops (what ``f.source`` shows), and C's pow
@@ -29,8 +30,10 @@ import ast
 import base64
 import inspect
 import io
+import keyword
 import os
 import re
+import sys
 import textwrap
 import tokenize
 import zlib
@@ -54,6 +57,7 @@ __all__ = ["module_text", "save"]
 HERE = Path(__file__).parent
 ENCODED_WIDTH = 96  # characters of base64 per line of a saved array
 SHORT = 64  # arrays of at most this many numbers are saved as literals
+DEPENDENCIES = ("numpy", "numba", "llvmlite")  # what a saved module imports, besides the stdlib
 
 
 def save(f: Compiled, path: str | os.PathLike[str], params: np.ndarray) -> Path:
@@ -65,9 +69,43 @@ def save(f: Compiled, path: str | os.PathLike[str], params: np.ndarray) -> Path:
     if p.suffix != ".py":
         raise ValueError(f"save: a Python module's file name ends in .py, got {p.name!r}")
     stem = p.stem
-    p.write_text(module_text(f, params, stem if stem.isidentifier() else "model"),
-                 encoding="utf-8")
+    _check_module_name(p.name, stem, sys.stdlib_module_names, "a standard library module")
+    _check_module_name(p.name, stem, DEPENDENCIES, "a module the saved file needs")
+    text = module_text(f, params, stem)
+    _check_module_name(p.name, stem, _imported(text), "a module the saved file imports")
+    p.write_text(text, encoding="utf-8")
     return p
+
+
+def _check_module_name(file: str, stem: str, taken: Iterable[str], what: str) -> None:
+    """Refuse a file name that ``import <stem>`` cannot import, or that would shadow a module
+    (`taken`, described by `what`) for the saved file's own imports and code next to it."""
+    if not stem.isidentifier():
+        why = ("is not a Python identifier (letters, digits and underscores, not first a "
+               f"digit): `import {stem}` cannot import it")
+    elif keyword.iskeyword(stem):
+        why = f"is a Python keyword: `import {stem}` is a syntax error"
+    elif stem in set(taken):
+        why = (f"is the name of {what}: the file would hide that module from its own imports "
+               "and from code next to it")
+    else:
+        return
+    fixed = re.sub(r"\W", "_", stem)
+    fixed = f"_{fixed}" if fixed[:1].isdigit() else fixed
+    suggestion = f"{fixed}.py" if fixed != stem else f"{stem}_model.py"
+    raise ValueError(f"save: {file!r}: the module name {stem!r} {why}; choose another name, "
+                     f"e.g. {suggestion!r}")
+
+
+def _imported(text: str) -> set[str]:
+    """The top-level modules a module's text imports."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module.split(".")[0])
+    return out
 
 
 @dataclass(frozen=True)
@@ -156,7 +194,8 @@ def _docstring(f: Compiled, module: str) -> str:
         "    value = model.forward(model.PARAMS, inputs)",
         "    values = model.batch_forward(model.PARAMS, X)",
         "",
-        para("params: len(WRT) floats, in the order of WRT (None: PARAMS). With one output, "
+        para("params: len(WRT) floats, in the order of WRT (None: PARAMS); inputs: "
+             "len(INPUTS) floats (None: INPUT_VALUES). With one output, "
              "value is a float and grad a (len(WRT),) array; with several, arrays with an "
              "output axis (grad: the Jacobian). batch sums (or averages, or keeps per row) the "
              "gradients over the rows of X, adding the rows in fixed chunks in a fixed order, "
@@ -165,6 +204,8 @@ def _docstring(f: Compiled, module: str) -> str:
         para(f"WRT: the parameters' names ({_preview(wrt)})."),
         para(f"INPUTS: the inputs' names ({_preview(ins)})."),
         "PARAMS: the parameters' values when it was saved.",
+        para("INPUT_VALUES: the inputs' values when it was saved (the default inputs, as "
+             "the compiled function's are its input leaves' values)."),
         "",
         para(f"How it is made: {how} The sections below are copied from symgrad's source files "
              "(named in their headers) or generated. Numba compiles each function when it is "
@@ -761,6 +802,8 @@ def _api(f: Compiled, params: np.ndarray) -> str:
         f"OUTPUTS = {_list_literal(map(repr, outs))}",
         f"PARAMS = np.array({_list_literal(map(_float_literal, params.tolist()))}, "
         "dtype=np.float64)",
+        "INPUT_VALUES = np.array("
+        f"{_list_literal(map(_float_literal, f.current_inputs().tolist()))}, dtype=np.float64)",
         f"N_PARAMS, N_INPUTS, N_OUT = {f.n_params}, {f.n_inputs}, {f.n_out}",
     ]
     chunks = f"max(1, min({layout.MAX_CHUNKS}, n // {layout.CHUNK_ROWS}))"
@@ -768,6 +811,9 @@ def _api(f: Compiled, params: np.ndarray) -> str:
 
 
 API = '''
+
+from collections.abc import Mapping
+
 
 def _n_chunks(n):
     """How many chunks a batch of n rows is summed in (symgrad.layout.n_chunks)."""
@@ -782,11 +828,35 @@ def _threads(n, length):
     return min(n_threads(), _n_chunks(n))
 
 
+def _has_bool(a):
+    """A bool array, or a bool among a list's items (or its rows' items)."""
+    if isinstance(a, (bool, np.bool_)):
+        return True
+    if isinstance(a, np.ndarray):
+        return a.dtype.kind == "b"
+    if isinstance(a, (list, tuple)):
+        return any(_has_bool(v) if isinstance(v, (list, tuple, np.ndarray))
+                   else isinstance(v, (bool, np.bool_)) for v in a)
+    return False
+
+
 def _floats(a, what):
+    """`a` as a float64 array, refusing what is not a sequence of real numbers (as symgrad's
+    compiled function does): text, a dict or a set, booleans, other dtypes."""
+    if isinstance(a, (str, bytes)):
+        raise TypeError(f"{{what}}: expected numbers, got {{type(a).__name__}} {{a!r:.40}}")
+    if isinstance(a, (Mapping, set, frozenset)):
+        raise TypeError(f"{{what}}: expected a sequence of floats, got a {{type(a).__name__}} "
+                        "(no order, or keys); pass a list of floats in the order of the names")
+    if _has_bool(a):
+        raise TypeError(f"{{what}}: expected floats, got booleans (True/False would silently be "
+                        "1.0/0.0); convert them explicitly, e.g. np.asarray(x, dtype=float)")
     try:
-        arr = np.asarray(a, dtype=np.float64)
+        arr = np.asarray(a)
     except (TypeError, ValueError) as e:
-        raise TypeError(f"{{what}}: expected floats ({{e}})") from None
+        raise TypeError(f"{{what}}: could not read as an array of floats ({{e}})") from None
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{{what}}: expected real numbers, got an array of dtype {{arr.dtype}}")
     # C-contiguous and writeable: the arrays the compiled functions are built for
     return np.require(arr, np.float64, ["C_CONTIGUOUS", "ALIGNED", "WRITEABLE"])
 
@@ -803,9 +873,7 @@ def _params(params):
 
 
 def _inputs(inputs):
-    if inputs is None and N_INPUTS == 0:
-        return np.zeros(0)
-    return _vector_of(inputs, N_INPUTS, "inputs")
+    return INPUT_VALUES.copy() if inputs is None else _vector_of(inputs, N_INPUTS, "inputs")
 
 
 def _matrix_of(X):
@@ -820,8 +888,8 @@ def _matrix_of(X):
 
 def value_and_grad(params=None, inputs=None):
     """Value and gradient at params (len(WRT) floats; None: PARAMS) and inputs (len(INPUTS)
-    floats): a float and a (len(WRT),) array for one output; an (N_OUT,) array and the
-    (N_OUT, len(WRT)) Jacobian for several."""
+    floats; None: INPUT_VALUES): a float and a (len(WRT),) array for one output; an (N_OUT,)
+    array and the (N_OUT, len(WRT)) Jacobian for several."""
     p, x = _params(params), _inputs(inputs)
     out, grad = np.empty(N_OUT), np.zeros((N_OUT, N_PARAMS))
     _one("value_and_grad", p, x, out, grad)
@@ -831,7 +899,8 @@ def value_and_grad(params=None, inputs=None):
 
 
 def forward(params=None, inputs=None):
-    """The value only: a float, or an (N_OUT,) array for several outputs."""
+    """The value only (params None: PARAMS, inputs None: INPUT_VALUES): a float, or an (N_OUT,)
+    array for several outputs."""
     p, x = _params(params), _inputs(inputs)
     out = np.empty(N_OUT)
     _one("forward", p, x, out, None)
@@ -871,6 +940,6 @@ def batch_forward(params, X):
     return values[:, 0] if N_OUT == 1 else values
 
 
-__all__ = ["INPUTS", "OUTPUTS", "PARAMS", "WRT", "batch", "batch_forward", "forward",
-           "value_and_grad"]
+__all__ = ["INPUTS", "INPUT_VALUES", "OUTPUTS", "PARAMS", "WRT", "batch", "batch_forward",
+           "forward", "value_and_grad"]
 '''

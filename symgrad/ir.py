@@ -57,8 +57,18 @@ class Const:
     def __hash__(self) -> int:
         return hash(self._bits)
 
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        # by its bits (a nan keeps its sign and payload), and under every pickle protocol:
+        # protocols 0 and 1 cannot pickle a class with __slots__ by its state
+        return (_const_from_bits, (self._bits,))
+
     def __repr__(self) -> str:
         return format_literal(self.value)
+
+
+def _const_from_bits(bits: bytes) -> Const:
+    """A pickled `Const`, rebuilt from its bits."""
+    return Const(struct.unpack("<d", bits)[0])
 
 
 Atom = Var | Const

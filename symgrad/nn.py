@@ -9,7 +9,7 @@ parameter values between a model's leaves and the float64 vector compiled code t
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -202,8 +202,20 @@ class MLP(Module):
 
 
 def _parameter_list(params: Iterable[Value] | Module, what: str) -> list[Value]:
+    """`params` as a list of leaf Values, in order; a set or a dict (no fixed order, or keys
+    where values were meant) and a non-leaf (the result of an operation) are refused."""
     if isinstance(params, Module):
         params = params.parameters()
+    if isinstance(params, Mapping):
+        raise TypeError(
+            f"{what}: params must be a list of Values, got a {type(params).__name__} (iterating "
+            "it gives its keys); pass list(d.values()), or model.parameters()"
+        )
+    if isinstance(params, (set, frozenset)):
+        raise TypeError(
+            f"{what}: params must be a list of Values, got a {type(params).__name__}, which has "
+            "no order; pass a list (the order is the vector's), e.g. model.parameters()"
+        )
     if isinstance(params, (Value, str, bytes)) or not isinstance(params, Iterable):
         raise TypeError(
             f"{what}: params must be a list of Values (e.g. model.parameters()), "
@@ -213,6 +225,11 @@ def _parameter_list(params: Iterable[Value] | Module, what: str) -> list[Value]:
     for i, p in enumerate(out):
         if not isinstance(p, Value):
             raise TypeError(f"{what}: params[{i}] is {type(p).__name__} {p!r:.40}, not a Value")
+        if p._prev:
+            raise TypeError(
+                f"{what}: params[{i}] ({p.label or 'unlabelled'}) is the result of an operation "
+                f"({p._op}), not a leaf: a parameter is a leaf Value, e.g. a weight"
+            )
     return out
 
 
@@ -220,7 +237,8 @@ def parameters_to_vector(params: Iterable[Value] | Module) -> np.ndarray:
     """The parameters' ``.data`` as one float64 vector, in their order (PyTorch's name).
 
     Args:
-        params: Values, e.g. ``model.parameters()`` (a `Module` itself is taken too).
+        params: a list of leaf Values, e.g. ``model.parameters()`` (a `Module` itself is
+            taken too); a set, a dict or a non-leaf is a TypeError.
     Returns:
         a new 1-D float64 array: what ``sg.compile(loss, wrt=params)`` takes as ``params``.
     """
@@ -236,7 +254,8 @@ def vector_to_parameters(vec: Any, params: Iterable[Value] | Module) -> None:
 
     Args:
         vec: ``len(params)`` real numbers.
-        params: the Values to update, e.g. ``model.parameters()`` (or the `Module`).
+        params: the leaf Values to update, e.g. ``model.parameters()`` (or the `Module`); a
+            set, a dict or a non-leaf is a TypeError.
     """
     ps = _parameter_list(params, "vector_to_parameters")
     try:

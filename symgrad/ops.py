@@ -113,25 +113,33 @@ def apply(op: OpDef, args: tuple[Any, ...], params: dict[str, float]) -> Any:
             return hook(op, args, params)
     nums = []
     for i, a in enumerate(args):
-        if isinstance(a, bool) or not isinstance(a, (int, float)):
-            try:
-                a = _as_float(a)
-            except TypeError:
-                raise TypeError(
-                    f"{op.name}: operand {i} must be a number or a Value, "
-                    f"got {type(a).__name__} {a!r:.40}"
-                ) from None
-        nums.append(float(a))
+        try:
+            nums.append(_as_float(a))
+        except TypeError:
+            raise TypeError(
+                f"{op.name}: operand {i} must be a number or a Value, "
+                f"got {type(a).__name__} {a!r:.40}"
+            ) from None
+        except OverflowError:
+            raise ValueError(operand_too_large(op, f"operand {i}", a)) from None
     return op.impl(*nums, **{k: float(v) for k, v in params.items()})
 
 
 def _as_float(a: Any) -> float:
-    # numpy scalars and other real numbers; arrays and strings are refused
+    # numpy scalars and other real numbers; arrays and strings are refused (TypeError); an int
+    # too large for a float raises OverflowError
     import numbers
 
     if isinstance(a, numbers.Real) and not isinstance(a, bool):
         return float(a)
     raise TypeError
+
+
+def operand_too_large(op: OpDef, what: str, a: Any) -> str:
+    """The message for a number too large for a float, given as `what` (an operand or a
+    parameter) of `op`: as ``Value(10**400)`` says it."""
+    name = op.name if "{" in op.symbol else f"{op.name} ({op.symbol})"
+    return f"{name}: {what}, {a!r:.40}, is too large for a float (float64 holds up to ~1.8e308)"
 
 
 def _param(op: OpDef, name: str, v: Any) -> float:
@@ -141,6 +149,8 @@ def _param(op: OpDef, name: str, v: Any) -> float:
         raise TypeError(
             f"{op.name}: parameter {name} must be a number, got {type(v).__name__} {v!r:.40}"
         ) from None
+    except OverflowError:
+        raise ValueError(operand_too_large(op, f"parameter {name}", v)) from None
 
 
 def _short(v: float) -> str:

@@ -5,7 +5,10 @@ Imports numpy only. ``opt.step(params, grad)`` updates `params` (a 1-D float64 a
 NumPy operations, never a Python loop over parameters. An optimiser keeps its state (momentum,
 moment estimates, the step count) for one vector; `reset` forgets it. The update rules follow
 PyTorch's definitions of ``torch.optim.SGD`` and ``torch.optim.Adam`` (default flags: no weight
-decay, no dampening, no Nesterov, no AMSGrad), so the same gradients give the same steps.
+decay, no dampening, no Nesterov, no AMSGrad), each operation in the order of PyTorch's scalar
+code, so the same gradients give the same steps to rounding: PyTorch's vectorised CPU kernels
+may fuse a multiply and an add (one rounding instead of two), which no NumPy operation does, so
+bit-for-bit equality is not promised.
 """
 
 from __future__ import annotations
@@ -114,10 +117,12 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma and Ba, 2015) as PyTorch's ``torch.optim.Adam`` computes it.
+    """Adam (Kingma and Ba, 2015) as PyTorch's ``torch.optim.Adam`` computes it, to rounding.
 
-    ``m += (1 - beta1) * (grad - m)``, ``v = beta2 * v + (1 - beta2) * grad**2``, then
-    ``params -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)``.
+    ``m = lerp(m, grad, 1 - beta1)``, ``v = v * beta2 + ((1 - beta2) * grad) * grad``, then
+    ``params += (-lr / (1 - beta1**t) * m) / (sqrt(v) / sqrt(1 - beta2**t) + eps)``, each in
+    the order of PyTorch's scalar code (its ``lerp_``, ``addcmul_`` and ``addcdiv_``); its
+    vectorised kernels may fuse a multiply and an add, so results agree to rounding.
 
     Args:
         lr: the learning rate.
@@ -149,14 +154,20 @@ class Adam(Optimizer):
     def _update(self, params: np.ndarray, g: np.ndarray) -> None:
         b1, b2 = self.betas
         m, v, tmp, den = self.m, self.v, self._tmp, self._den
-        # first moment: PyTorch's lerp, m + (1 - b1) * (g - m)
+        # first moment: PyTorch's lerp(m, g, w), which for |w| < 0.5 is m + w * (g - m), else
+        # g - (g - m) * (1 - w), the form that rounds better there
+        w = 1.0 - b1
         np.subtract(g, m, out=tmp)
-        tmp *= 1.0 - b1
-        m += tmp
-        # second moment: v * b2 + (1 - b2) * g * g
+        if abs(w) < 0.5:
+            tmp *= w
+            m += tmp
+        else:
+            tmp *= 1.0 - w
+            np.subtract(g, tmp, out=m)
+        # second moment: PyTorch's v.mul_(b2).addcmul_(g, g, value=1 - b2), v + ((1 - b2) * g) * g
         v *= b2
-        np.multiply(g, g, out=tmp)
-        tmp *= 1.0 - b2
+        np.multiply(g, 1.0 - b2, out=tmp)
+        tmp *= g
         v += tmp
         step_size = self.lr / (1.0 - b1**self.t)
         np.sqrt(v, out=den)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import operator
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import ops
@@ -136,16 +136,19 @@ def from_sympy(
 
     Args:
         exprs: a sympy expression, or a list of them (several outputs).
-        wrt: sympy Symbols to differentiate by, in order (default: every free symbol of
-            `exprs` not in `inputs`, sorted by name).
-        inputs: sympy Symbols whose value changes per call.
+        wrt: a list of sympy Symbols to differentiate by, in order (default: every free
+            symbol of `exprs` not in `inputs`, sorted by name; two distinct symbols of one
+            name, e.g. ``Symbol("x")`` and ``Symbol("x", positive=True)``, are then refused).
+        inputs: a list of sympy Symbols whose value changes per call.
     Returns:
         ``(outputs, wrt_leaves, input_leaves)``: a Value (or a list, as `exprs` is), and for
         each symbol a leaf Value labelled with its name (data 0.0, the default of each call).
     Raises:
-        TypeError: an object that is not a sympy expression or Symbol, a non-real constant, or
-            an operation with no counterpart in the op table (named, with what is supported).
-        ValueError: a free symbol in neither `wrt` nor `inputs`, a symbol listed twice.
+        TypeError: an object that is not a sympy expression or Symbol, `wrt` or `inputs` given
+            as a set or a dict (no fixed order), a non-real constant, or an operation with no
+            counterpart in the op table (named, with what is supported).
+        ValueError: a free symbol in neither `wrt` nor `inputs`, a symbol listed twice, two
+            distinct symbols of one name with ``wrt=None``.
     """
     sp = sympy_module()
     several = isinstance(exprs, (list, tuple))
@@ -156,7 +159,7 @@ def from_sympy(
     free = set().union(*(e.free_symbols for e in outs))
     given = _symbols(sp, inputs, "inputs")
     if wrt is None:
-        wrt = sorted((s for s in free if s not in set(given)), key=lambda s: (s.name, str(s)))
+        wrt = _default_wrt(sp, free - set(given))
     params = _symbols(sp, wrt, "wrt")
     leaves = _leaves(params, given)
     missing = sorted(str(s) for s in free if s not in leaves)
@@ -179,7 +182,36 @@ def _sympify(sp: Any, e: Any, what: str) -> Any:
     return e
 
 
+def _default_wrt(sp: Any, free: set[Any]) -> list[Any]:
+    """The free symbols by name, refusing two distinct symbols of one name (``Symbol("x")``
+    and ``Symbol("x", positive=True)``): nothing orders them the same in every process."""
+    by_name: dict[str, list[Any]] = {}
+    for s in free:
+        by_name.setdefault(s.name, []).append(s)
+    clash = sorted(name for name, syms in by_name.items() if len(syms) > 1)
+    if clash:
+        shown = "; ".join(
+            f"{name!r}: {', '.join(sorted(sp.srepr(s) for s in by_name[name]))}" for name in clash)
+        raise ValueError(
+            f"wrt=None: the expression has distinct symbols with the same name ({shown}), "
+            "which have no order by name and would share one name as parameters: pass wrt "
+            "(and inputs) as lists, or give the symbols different names"
+        )
+    return sorted(free, key=lambda s: s.name)
+
+
 def _symbols(sp: Any, syms: Any, what: str) -> list[Any]:
+    if isinstance(syms, Mapping):
+        # iterating a dict gives its keys: never what was meant
+        raise TypeError(
+            f"{what}: expected a list of sympy Symbols, got a {type(syms).__name__}; pass "
+            "list(d.values()) (or list(d) if the keys are the symbols)"
+        )
+    if isinstance(syms, (set, frozenset)):
+        raise TypeError(
+            f"{what}: expected a list of sympy Symbols, got a {type(syms).__name__}, which has "
+            "no order; pass a list (the order is the order of params and gradients)"
+        )
     if isinstance(syms, sp.Basic) or not isinstance(syms, Iterable):
         raise TypeError(f"{what}: expected a list of sympy Symbols, got {type(syms).__name__}")
     out = list(syms)
@@ -302,7 +334,9 @@ class _Reader:
 
     def power(self, node: Any) -> Plan:
         """A constant exponent is pow (sqrt for 1/2, a division for -1 and -1/2); a constant
-        positive base with a variable exponent is ``exp(e * log(b))``."""
+        positive base with a variable exponent is ``exp(e * log(b))``, with ``log(b)`` rounded
+        once (so a few ulps from the correctly rounded power: there is no pow op of a variable
+        exponent)."""
         sp = self.sp
         b, e = node.args
         if not e.free_symbols:
@@ -421,11 +455,24 @@ def _fold(op: Callable[[Any, Any], Any], vs: Sequence[Any]) -> Any:
     return out
 
 
+# digits a constant is evaluated to before it is rounded once to the nearest double: sympy's
+# default (15 digits, then truncated to 53 bits) is one ulp off for about one constant in thirty
+CONSTANT_DIGITS = 40
+
+
 def _constant(sp: Any, e: Any) -> float:
-    """A symbol-free sympy expression as a float (true and false as 1.0 and 0.0)."""
+    """A symbol-free sympy expression as the double nearest its value (true and false as 1.0
+    and 0.0): evaluated to `CONSTANT_DIGITS` digits, then rounded to nearest once."""
+    from mpmath.libmp import round_nearest, to_float
+
     if e == sp.true or e == sp.false:
         return 1.0 if e == sp.true else 0.0
+    if isinstance(e, sp.Rational) or e in (sp.oo, -sp.oo, sp.nan):
+        return float(e)  # exact rationals round to nearest; inf and nan are themselves
     try:
-        return float(e)
+        v = e.evalf(CONSTANT_DIGITS)
     except (TypeError, ValueError):
-        raise TypeError(f"the sympy constant {e!s:.60} is not a real number") from None
+        v = None
+    if not isinstance(v, sp.Float):
+        raise TypeError(f"the sympy constant {e!s:.60} is not a real number")
+    return float(to_float(v._mpf_, rnd=round_nearest))

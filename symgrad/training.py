@@ -53,24 +53,27 @@ def fit(
         optimizer: e.g. ``symgrad.optim.Adam(1e-2)``; its state carries over between calls.
         epochs: how many passes over the data.
         batch_size: rows per step; None means all of them (full-batch training).
-        seed: seeds the shuffling; the same seed gives the same run, bit for bit.
-        progress: show a progress bar (tqdm) with the epoch and the running mean loss.
+        seed: an int >= 0 that seeds the shuffling; the same seed gives the same run, bit
+            for bit.
+        progress: show a progress bar (tqdm) with the epoch and the running mean loss, where
+            tqdm can show one: on a terminal and in Jupyter, not when stderr is a file or a
+            pipe (a log would get a line per update).
     Returns:
         ``(params, losses)``: the trained parameters (a new float64 vector; write them into a
         model with `symgrad.nn.vector_to_parameters`) and the mean loss of each epoch, the
         mean over its rows of the loss each row had when its minibatch was evaluated.
     """
     _check_loss(f)
+    _check_optimizer(optimizer)
     p = np.array(f._params(params), dtype=np.float64)  # a copy: the caller's array stays
     data = _rows(f, X)
     n = data.n_rows
     epochs = _count("epochs", epochs, minimum=0)
     bs = n if batch_size is None else min(_count("batch_size", batch_size, minimum=1), n)
-    if not callable(getattr(optimizer, "step", None)):
-        raise TypeError(f"fit: optimizer must have a step(params, grad) method, got "
-                        f"{type(optimizer).__name__}")
-    rng = np.random.default_rng(seed)
-    run = _Run(data, p, optimizer, epochs, _progress_bar(progress, epochs * -(-n // bs), f.name))
+    rng = np.random.default_rng(_seed(seed))
+    per_epoch = -(-n // bs)
+    run = _Run(data, p, optimizer, epochs, per_epoch,
+               _progress_bar(progress, epochs * per_epoch, f.name))
     losses = np.empty(epochs)
     try:
         for e in range(epochs):
@@ -119,6 +122,7 @@ class _Run:
     p: np.ndarray
     optimizer: Optimizer
     epochs: int
+    per_epoch: int  # minibatches in an epoch
     bar: Any
     warned: bool = False
 
@@ -126,17 +130,13 @@ class _Run:
         """One pass over the data in `minibatches`, stepping `p`; returns the mean loss."""
         total = 0.0
         stop = 0
-        for rows in minibatches:
+        for k, rows in enumerate(minibatches):
             values, grad = self.data.mean_batch(self.p, rows)
-            start, stop = stop, stop + values.shape[0]
+            stop += values.shape[0]
             batch_total = float(values.sum())
             if not (self.warned or math.isfinite(batch_total)):
                 self.warned = True
-                warnings.warn(
-                    f"fit: the loss is {batch_total} in epoch {e} (rows {start}..{stop - 1}"
-                    " of the shuffled data); the parameters will not recover: lower the learning "
-                    "rate, or find the row with f.debug(params, row)", RuntimeWarning,
-                    stacklevel=3)
+                self.warn(e, k, batch_total)
             total += batch_total
             self.optimizer.step(self.p, grad)
             if self.bar is not None:
@@ -144,6 +144,17 @@ class _Run:
                                          refresh=False)
                 self.bar.update(1)
         return total / stop
+
+    def warn(self, e: int, k: int, loss: float) -> None:
+        """Say once that the loss stopped being finite: where (the epoch and minibatch, which
+        the user can count; shuffled row numbers they could not map back) and what to check."""
+        where = (f"epoch {e + 1} of {self.epochs}" + (
+            f", minibatch {k + 1} of {self.per_epoch}" if self.per_epoch > 1 else " (full batch)"))
+        warnings.warn(
+            f"fit: the loss is {loss} in {where}; the parameters will not recover from it. "
+            "Check the data for nan and inf (np.isfinite(X).all()) and lower the learning "
+            "rate; f.debug(params, row) shows where a row's nan or inf comes from",
+            RuntimeWarning, stacklevel=4)
 
 
 def _check_loss(f: Any) -> None:
@@ -156,6 +167,25 @@ def _check_loss(f: Any) -> None:
         raise ValueError(f"fit: the loss must be a single output, {f.name} has {f.n_out}")
 
 
+def _check_optimizer(optimizer: Any) -> None:
+    if isinstance(optimizer, type):
+        raise TypeError(
+            f"fit: optimizer: expected an optimizer instance such as Adam(1e-3), got the class "
+            f"{optimizer.__name__}"
+        )
+    if not callable(getattr(optimizer, "step", None)):
+        raise TypeError(f"fit: optimizer must have a step(params, grad) method, got "
+                        f"{type(optimizer).__name__}")
+
+
+def _seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"fit: seed must be an int, got {type(seed).__name__} {seed!r:.40}")
+    if seed < 0:
+        raise ValueError(f"fit: seed must be an int >= 0, got {seed!r}")
+    return int(seed)
+
+
 def _count(what: str, n: Any, minimum: int) -> int:
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < minimum:
         raise ValueError(f"fit: {what} must be an int >= {minimum}, got {n!r:.40}")
@@ -163,9 +193,12 @@ def _count(what: str, n: Any, minimum: int) -> int:
 
 
 def _progress_bar(progress: bool, total: int, name: str) -> Any:
-    """A tqdm bar (the notebook one in Jupyter) counting minibatches, or None."""
+    """A tqdm bar (the notebook one in Jupyter) counting minibatches, or None.
+
+    ``disable=None`` lets tqdm decide: a bar on a terminal and in Jupyter, nothing when stderr
+    is a file or a pipe, where each update would be a line of its own."""
     if not progress:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"fit {name}", unit="batch", leave=True)
+    return tqdm(total=total, desc=f"fit {name}", unit="batch", leave=True, disable=None)

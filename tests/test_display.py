@@ -6,6 +6,7 @@ through for its progress lines, and graphviz's own rendering where `dot` is inst
 
 from __future__ import annotations
 
+import html
 import logging
 import shutil
 from itertools import count
@@ -63,6 +64,25 @@ def test_html_repr_has_the_summary_and_folds_the_ir_and_source() -> None:
     assert "<table>" in page and "parameters (wrt)" in page and "3 params (w1, w2, b)" in page
     assert page.count("<details>") == 2 and "neuron_value_and_grad" in page
     assert "<o>" not in page  # user text is escaped (and sanitised in names anyway)
+    assert str(f.ir) in page and "lines not shown" not in page  # small: the whole IR
+
+
+def test_html_repr_of_a_big_model_shows_the_ends_of_the_ir_and_source() -> None:
+    xs = [Value(0.0, label=f"x{i}") for i in range(300)]
+    ws = [Value(0.5, label=f"w{i}") for i in range(300)]
+    f = sg.compile(sum((x * w).tanh() for x, w in zip(xs, ws, strict=True)), wrt=ws, inputs=xs,
+                   backend="python")
+    ir_lines, src_lines = str(f.ir).splitlines(), f.source.splitlines()
+    assert len(ir_lines) > 1000 and len(src_lines) > 1000
+    page = f._repr_html_()
+    assert len(page) < 60_000  # not the whole IR and source
+    for lines, attr in ((ir_lines, "ir"), (src_lines, "source")):
+        left = len(lines) - 400
+        assert f"... {left:,} lines not shown here: print(f.{attr}) shows all" in page
+        assert f"({len(lines):,} lines: the first 300 and the last 100)" in page
+        shown = page.split(f"print(f.{attr})")[0].rsplit("<pre>", 1)[1]
+        assert shown.startswith(html.escape("\n".join(lines[:300])))
+    assert html.escape("\n".join(ir_lines[-100:])) in page
 
 
 # ---- progress of slow compiles -------------------------------------------------------------------

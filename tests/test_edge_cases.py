@@ -88,6 +88,23 @@ def test_oversized_numbers_and_empty_outputs_are_value_errors():
         sg.compile([], wrt=[Value(1.0)])
 
 
+def test_oversized_operands_of_ops_are_value_errors_naming_them():
+    x = Value(1.0, label="x")
+    big = 10**400
+    cases = [
+        (lambda: x < big, r"lt \(<\): operand 1"), (lambda: big >= x, r"le \(<=\): operand 1"),
+        (lambda: x + big, r"add \(\+\): operand 1"), (lambda: big * x, r"mul \(\*\): operand 0"),
+        (lambda: sg.maximum(x, big), r"maximum \(max\): operand 1"),
+        (lambda: sg.minimum(big, 1.0), r"minimum \(min\): operand 0"),
+        (lambda: sg.where(x > 0, big, x), r"where \(where\): operand 1"),
+        (lambda: sg.ops.POW(x, p=big), r"pow: parameter p"),
+    ]
+    for make, name in cases:
+        with pytest.raises(ValueError, match=rf"^{name}, 1000.*, is too large for a float "
+                                             r"\(float64 holds up to ~1\.8e308\)$"):
+            make()
+
+
 BYTECODE = textwrap.dedent(
     """
     import sys

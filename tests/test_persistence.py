@@ -14,6 +14,7 @@ import importlib.util
 import os
 import pickle
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -28,7 +29,7 @@ import symgrad as sg
 from symgrad import export
 from symgrad.autodiff import value_and_grad
 from symgrad.ir import evaluate
-from symgrad.nn import MLP
+from symgrad.nn import MLP, vector_to_parameters
 from symgrad.ops import OPS
 from tests.strategies import programs, to_ir, to_values
 
@@ -231,6 +232,42 @@ def test_deepcopy_shares_the_code_not_the_leaves() -> None:
     assert pair[0] is pair[1] and pair[0] is not f
 
 
+def test_deepcopy_of_a_model_with_its_function_keeps_them_linked() -> None:
+    random.seed(3)
+    model = MLP(2, [3, 1])
+    x = [sg.Value(0.3, label="x0"), sg.Value(-0.2, label="x1")]
+    f = sg.compile(model(x), wrt=model.parameters(), inputs=x, backend="python")
+    want = f()
+    for order in ("model first", "f first"):
+        if order == "model first":
+            m2, f2, x2 = copy.deepcopy((model, f, x))
+        else:
+            f2, m2, x2 = copy.deepcopy((f, model, x))
+        assert all(a is b for a, b in zip(f2.wrt, m2.parameters(), strict=True)), order
+        assert all(a is b for a, b in zip(f2.inputs, x2, strict=True)), order
+        assert not set(map(id, f2.wrt)) & set(map(id, f.wrt))
+        vector_to_parameters(np.zeros(len(f2.wrt)), m2)  # the copied model moves, f2 follows
+        x2[0].data = 1.0
+        assert f2()[0] == f2(np.zeros(len(f2.wrt)), [1.0, -0.2])[0] != want[0]
+        assert f()[0] == want[0]  # the original is untouched
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_every_pickle_protocol_works(protocol: int) -> None:
+    outs, wrt, inputs = _model()
+    X = np.random.default_rng(1).uniform(-1, 1, (50, len(inputs)))
+    objs = [sg.compile(outs, wrt=wrt, inputs=inputs, backend=b, name=f"p{protocol}_{b}")
+            for b in ("python", "tape", "vector")]
+    objs += [t(outs, wrt=wrt, inputs=inputs, backend="python")
+             for t in (sg.jvp, sg.hvp, sg.hessian)]
+    for f in objs:
+        g = pickle.loads(pickle.dumps(f, protocol=protocol))
+        assert type(g) is type(f) and str(g.ir) == str(f.ir)
+        if isinstance(f, sg.Compiled):
+            for a, b in zip(g.batch(None, X), f.batch(None, X), strict=True):
+                assert np.array_equal(_bits(a), _bits(b)), f.backend
+
+
 def test_a_pickle_of_another_format_is_refused() -> None:
     from symgrad.compiled import _restore
 
@@ -344,6 +381,60 @@ def test_save_refuses_bad_arguments(tmp_path: Path) -> None:
         f.save(tmp_path / "model.py", params=[1.0, 2.0])
     path = f.save(tmp_path / "model.py", params=[3.0])
     assert "PARAMS = np.array([3.0]" in path.read_text()
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("my-model.py", r"not a Python identifier.*e\.g\. 'my_model\.py'"),
+    ("2nd.py", r"not a Python identifier.*e\.g\. '_2nd\.py'"),
+    ("class.py", r"a Python keyword: `import class` is a syntax error"),
+    ("base64.py", r"standard library module: the file would hide"),
+    ("random.py", r"standard library module"),
+    ("numpy.py", r"a module the saved file needs"),
+    ("llvmlite.py", r"a module the saved file needs"),
+])
+def test_save_refuses_file_names_that_import_cannot_take(tmp_path: Path, name: str,
+                                                         why: str) -> None:
+    a = sg.Value(0.5, label="a")
+    f = sg.compile(a * a, wrt=[a], backend="python")
+    with pytest.raises(ValueError, match=rf"save: '{re.escape(name)}': the module name .*{why}"):
+        f.save(tmp_path / name)
+    assert not (tmp_path / name).exists()
+    doc = ast.get_docstring(ast.parse(f.save(tmp_path / "my_model.py").read_text())) or ""
+    assert "import my_model as model" in doc
+
+
+def test_saved_functions_check_arguments_and_default_as_f_does(tmp_path: Path) -> None:
+    outs, wrt, inputs = _model()
+    f = sg.compile(outs, wrt=wrt, inputs=inputs, backend="python", name="m")
+    m = _import(f.save(tmp_path / "checked.py"))
+    assert np.array_equal(m.INPUT_VALUES, f.current_inputs())
+    for got, want in ((m.value_and_grad(), f()), (m.value_and_grad(None, None), f(None, None)),
+                      ((m.forward(),), (f.forward(),))):
+        for g, w in zip(got, want, strict=True):
+            assert np.array_equal(_bits(g), _bits(w))
+    P, x = f.current_params(), f.current_inputs()
+    X = np.tile(x, (3, 1))
+    bad_args = [
+        ("params", lambda F, v: F(v, x)), ("inputs", lambda F, v: F(P, v)),
+    ]
+    for what, call in bad_args:
+        for bad, match in ((np.ones(len(P if what == "params" else x), bool), "booleans"),
+                           ([True] * len(P if what == "params" else x), "booleans"),
+                           ("1.5", "expected numbers, got str"),
+                           ({0: 1.0}, "got a dict"), ({1.0}, "got a set"),
+                           (np.array(["a"] * len(P if what == "params" else x)),
+                            "expected real numbers, got an array of dtype <U1")):
+            for fn in (f, m.value_and_grad):
+                with pytest.raises(TypeError, match=rf"{what}: .*{match}"):
+                    call(fn, bad)
+    for bad, match in ((X.astype(bool), "booleans"), (X.astype(str), "dtype <U"),
+                       ({1.0: X}, "got a dict")):
+        for fn in (f.batch, m.batch, f.batch_forward, m.batch_forward):
+            with pytest.raises(TypeError, match=rf"X: .*{match}"):
+                fn(P, bad)
+    for fn in (f.forward, m.forward):
+        with pytest.raises(ValueError, match="params"):
+            fn(P[:-1], x)
 
 
 def _import(path: Path) -> Any:

@@ -49,6 +49,29 @@ def test_bool_of_a_condition_points_to_where() -> None:
         max(x, Value(1.0))  # builtins compare, then branch on the result
 
 
+def test_a_chained_comparison_says_how_to_write_it() -> None:
+    x = Value(1.5, label="x")
+    with pytest.raises(TypeError, match=r"chained comparison \(0 < x < 2\).*\(x > 0\) \* "
+                                        r"\(x < 2\).*sg\.maximum\(c1, c2\).*sg\.where"):
+        0 < x < 2  # noqa: B015 (the comparison is the point)
+    # what the message says to write: the product of conditions is their `and`
+    inside = sg.where((x > 0) * (x < 2), x, 0.0)
+    f = sg.compile(inside, wrt=[x], backend="python")
+    assert [f.forward([v]) for v in (-1.0, 1.5, 2.0, 3.0)] == [0.0, 1.5, 0.0, 0.0]
+    assert [f.forward([v]) for v in (-1.0, 1.5)] == [
+        sg.where((Value(v) > 0) * (Value(v) < 2), Value(v), 0.0).data for v in (-1.0, 1.5)]
+
+
+def test_sg_abs_is_the_abs_op() -> None:
+    x = Value(-2.5, label="x")
+    y = sg.abs(x)
+    assert y.opdef is sg.OPS["abs"] and y.data == abs(x).data == 2.5
+    y.backward()
+    assert x.grad == -1.0
+    assert sg.abs(-3) == 3.0 and sg.abs(-0.0) == 0.0 and math.copysign(1, sg.abs(-0.0)) == 1.0
+    assert "abs" not in sg.__all__  # `from symgrad import *` keeps the builtin
+
+
 def test_a_python_if_on_data_is_frozen_and_where_is_not() -> None:
     # the trap: `if u.data > 0` is decided once, at trace time
     u = Value(2.0, label="u")

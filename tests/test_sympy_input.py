@@ -182,3 +182,41 @@ def test_import_symgrad_does_not_load_sympy() -> None:
     code = f"import symgrad, sys; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_symbol_lists_with_no_order_are_refused() -> None:
+    # a set's (and a dict's keys') order changes between processes with the hash seed
+    for bad in ({w, b}, frozenset({w, b}), {w: 1.0, b: 2.0}):
+        kind = type(bad).__name__
+        with pytest.raises(TypeError, match=rf"wrt: expected a list of sympy .* got a {kind}"):
+            sg.compile(w * b * x, wrt=bad, inputs=[x], backend="python")
+        with pytest.raises(TypeError, match=rf"inputs: expected a list .* got a {kind}"):
+            sg.compile(w * b * x, wrt=[x], inputs=bad, backend="python")
+    with pytest.raises(TypeError, match="which has no order; pass a list"):
+        sg.hessian(w * x, wrt={w}, inputs=[x], backend="python")
+
+
+def test_default_wrt_refuses_distinct_symbols_of_one_name() -> None:
+    x_pos = sp.Symbol("x", positive=True)  # != x (real=True), same name
+    with pytest.raises(ValueError, match=r"same name \('x': Symbol\('x', positive=True\), "
+                                         r"Symbol\('x', real=True\)\).*pass wrt"):
+        sg.compile(x * x_pos + w, backend="python")
+    # listed by the user, their order is the user's
+    f = sg.compile(x * x_pos + w, wrt=[x_pos, x], inputs=[w], backend="python")
+    assert f([2.0, 3.0], [1.0]) == (7.0, pytest.approx([3.0, 2.0]))
+
+
+CONSTANTS = [sp.sqrt(19), sp.exp(25), sp.cos(6), sp.exp(9) / 3, sp.Integer(13) ** sp.Rational(1, 3),
+             sp.sqrt(22) / 7, sp.pi * 17, sp.log(3), sp.E, sp.Rational(1, 3), sp.Float(0.1),
+             sp.tanh(sp.Rational(1, 2)) * sp.pi]
+
+
+@pytest.mark.parametrize("c", CONSTANTS, ids=str)
+def test_constants_are_the_nearest_double(c: Any) -> None:
+    import mpmath
+
+    with mpmath.workprec(400):  # mpmath's float() rounds to nearest
+        want = float(mpmath.mpf(sp.N(c, 120)))
+    assert from_sympy(c, wrt=[])[0].data == want
+    f = sg.compile(w + c, wrt=[w], backend="python")
+    assert f.forward([0.0]) == want  # the constant as the compiled code holds it

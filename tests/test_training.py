@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import warnings
 from pathlib import Path
 
@@ -87,6 +88,38 @@ def test_adam_follows_its_update_rule(lr: float, betas: tuple[float, float], eps
                                atol=1e-15)
 
 
+def adam_pytorch_scalar(p: np.ndarray, grads: list[np.ndarray], lr: float, b1: float,
+                        b2: float, eps: float) -> np.ndarray:
+    """torch.optim.Adam's single-tensor update, one Python float at a time in the order of its
+    scalar kernels: lerp_ (two forms, by the weight), mul_ then addcmul_, addcdiv_."""
+    out = []
+    for i, p_i in enumerate(p.tolist()):
+        m = v = 0.0
+        for t, grad in enumerate(grads, start=1):
+            g, w = float(grad[i]), 1.0 - b1
+            m = m + w * (g - m) if abs(w) < 0.5 else g - (g - m) * (1.0 - w)
+            v = v * b2 + ((1.0 - b2) * g) * g
+            step_size = lr / (1.0 - b1**t)
+            denom = math.sqrt(v) / math.sqrt(1.0 - b2**t) + eps
+            p_i = p_i + (-step_size * m) / denom
+        out.append(p_i)
+    return np.array(out)
+
+
+@pytest.mark.parametrize(("lr", "betas", "eps"), [
+    (1e-3, (0.9, 0.999), 1e-8), (0.05, (0.8, 0.99), 1e-6), (0.1, (0.3, 0.5), 0.0),
+])
+def test_adam_rounds_as_pytorchs_scalar_code(lr: float, betas: tuple[float, float],
+                                             eps: float) -> None:
+    p0 = np.random.default_rng(5).normal(size=300)
+    grads = _grads(300, 20, seed=6)
+    p = p0.copy()
+    opt = Adam(lr, betas=betas, eps=eps)
+    for g in grads:
+        opt.step(p, g)
+    np.testing.assert_array_equal(p, adam_pytorch_scalar(p0, grads, lr, *betas, eps))
+
+
 def test_adam_first_step_moves_each_parameter_by_lr() -> None:
     # with bias correction, step 1 is lr * g / (|g| + eps): lr in the direction of -g
     p = np.zeros(3)
@@ -140,6 +173,21 @@ def test_parameters_round_trip_through_a_vector() -> None:
         vector_to_parameters(["a"] * 21, model.parameters())
     with pytest.raises(TypeError, match=r"params\[1\] is float"):
         parameters_to_vector([sg.Value(1.0), 2.0])
+
+
+def test_parameter_lists_must_be_ordered_lists_of_leaves() -> None:
+    a, b = sg.Value(1.0, label="a"), sg.Value(2.0, label="b")
+    for convert in (parameters_to_vector, lambda ps: vector_to_parameters([0.0, 0.0], ps)):
+        with pytest.raises(TypeError, match="got a set, which has no order; pass a list"):
+            convert({a, b})
+        with pytest.raises(TypeError, match="got a frozenset, which has no order"):
+            convert(frozenset({a, b}))
+        with pytest.raises(TypeError, match=r"got a dict \(iterating it gives its keys\)"):
+            convert({a: "w", b: "b"})
+        with pytest.raises(TypeError, match=r"params\[1\] \(unlabelled\) is the result of an "
+                                            r"operation \(\*\), not a leaf"):
+            convert([a, a * b])
+    assert (a.data, b.data) == (1.0, 2.0)  # nothing was written
 
 
 # ---- fit -----------------------------------------------------------------------------------------
@@ -235,11 +283,25 @@ def test_fit_trains_the_moons() -> None:
     assert np.mean(correct) >= 0.95
 
 
-def test_fit_progress_bar_shows_the_running_loss(capsys: pytest.CaptureFixture[str]) -> None:
+def test_fit_progress_bar_shows_the_running_loss(capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
     f, data = _regression()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal
     sg.fit(f, None, data, optimizer=SGD(0.1), epochs=3, batch_size=25, progress=True)
     err = capsys.readouterr().err
     assert "fit f" in err and "epoch 3/3" in err and "loss" in err and "6/6" in err
+
+
+def test_fit_progress_bar_stays_off_a_stderr_that_is_not_a_terminal(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    assert not sys.stderr.isatty()  # captured: as a log file or a pipe would be
+    f, data = _regression()
+    sg.fit(f, None, data, optimizer=SGD(0.1), epochs=3, batch_size=25, progress=True)
+    assert capsys.readouterr().err == ""
 
 
 def test_fit_warns_when_the_loss_stops_being_finite() -> None:
@@ -250,7 +312,20 @@ def test_fit_warns_when_the_loss_stops_being_finite() -> None:
                            progress=False)
     assert not np.isfinite(losses[-1])
     msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    assert len([m for m in msgs if "fit: the loss is" in m]) == 1, msgs
+    found = [m for m in msgs if "fit: the loss is" in m]
+    assert len(found) == 1, msgs
+    # where, as the user can count it (not row numbers of a shuffled copy), and what to check
+    assert re.search(r"in epoch \d+ of 30, minibatch \d+ of 5;", found[0]), found[0]
+    assert "rows" not in found[0] and "shuffled" not in found[0]
+    assert "np.isfinite(X).all()" in found[0] and "learning rate" in found[0]
+
+
+def test_fit_names_the_epoch_of_a_full_batch_that_is_not_finite() -> None:
+    f, data = _regression()
+    data = data.copy()
+    data[7, 0] = math.nan
+    with pytest.warns(RuntimeWarning, match=r"loss is nan in epoch 1 of 2 \(full batch\)"):
+        sg.fit(f, None, data, optimizer=SGD(0.1), epochs=2, progress=False)
 
 
 def test_fit_refuses_bad_arguments() -> None:
@@ -271,5 +346,15 @@ def test_fit_refuses_bad_arguments() -> None:
         sg.fit(f, [1.0], data, optimizer=opt, epochs=1)
     with pytest.raises(TypeError, match="step"):
         sg.fit(f, None, data, optimizer=object(), epochs=1)  # type: ignore[arg-type]
+    for cls in (SGD, Adam):
+        with pytest.raises(TypeError, match=rf"optimizer: expected an optimizer instance such "
+                                            rf"as Adam\(1e-3\), got the class {cls.__name__}$"):
+            sg.fit(f, None, data, optimizer=cls, epochs=1)  # type: ignore[arg-type]
+    for seed in (1.5, "0", None, True, np.float64(2.0)):
+        with pytest.raises(TypeError, match=r"fit: seed must be an int, got"):
+            sg.fit(f, None, data, optimizer=opt, epochs=1, seed=seed)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"fit: seed must be an int >= 0, got -1"):
+        sg.fit(f, None, data, optimizer=opt, epochs=1, seed=-1)
+    sg.fit(f, None, data, optimizer=opt, epochs=1, seed=np.int64(3), progress=False)
     p, losses = sg.fit(f, None, data, optimizer=opt, epochs=0, batch_size=1000, progress=False)
     assert losses.shape == (0,) and p.tolist() == [0.0, 0.0]
