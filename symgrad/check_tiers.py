@@ -220,7 +220,8 @@ class RulesTier(Tier):
             for ins in func.body:
                 got = samples.setdefault((ins.op, ins.params), [])
                 vals = [a.value if isinstance(a, Const) else env[a] for a in ins.args]
-                if len(got) < self.PER_KIND and finite(vals):
+                # on a kink the rule's convention is not sympy's to judge
+                if len(got) < self.PER_KIND and finite(vals) and _off_kinks(ins.op, vals):
                     got.append((f"`{instr_text(ins, nm)}`", vals))
         self.kinds = len(samples)
         out = []
@@ -252,8 +253,14 @@ def _fixed(op: str, values: Sequence[float]) -> list[list[float]]:
     """Operand tuples for `op` from `values`, inside its domain and away from its kinks."""
     d = OPS[op]
     lo, hi = d.domain
-    ok = [v for v in values if lo < v < hi and all(abs(v - k) > 0.1 for k in d.kinks)]
-    return [[ok[(j + i) % len(ok)] for i in range(d.arity)] for j in range(len(ok))] if ok else []
+    ok = [v for v in values if lo < v < hi]
+    tuples = [[ok[(j + i) % len(ok)] for i in range(d.arity)] for j in range(len(ok))]
+    return [t for t in tuples if _off_kinks(op, t, 0.1)]
+
+
+def _off_kinks(op: str, vals: Sequence[float], margin: float = 0.0) -> bool:
+    """Whether operands `vals` of `op` are farther than `margin` from each of its kinks."""
+    return all(abs(d) > margin for d in OPS[op].kink_offsets(*vals))
 
 
 # ---- the model the user says it is ---------------------------------------------------------------

@@ -68,6 +68,9 @@ class CheckResult:
         tiers: how many numbers each tier compared, by tier name ("entry points", "symbolic
             gradient" or "numeric gradient" (or hessian), "rules", "expected").
         details: how each tier checked, by tier name, in words.
+        kinks: the points (leaf name -> value) where an instruction sits exactly on a kink of
+            its op (max of a tie, relu or abs of 0), with that instruction: there the
+            derivative is a convention, so it was compared with the engine's only.
     """
 
     points: list[dict[str, float]] = field(default_factory=list)
@@ -77,12 +80,15 @@ class CheckResult:
     directions: int = 0
     tiers: dict[str, int] = field(default_factory=dict)
     details: dict[str, str] = field(default_factory=dict)
+    kinks: list[tuple[dict[str, float], str]] = field(default_factory=list)
 
     def __str__(self) -> str:
         how = "; ".join(f"{self.details.get(name, name)}: {n} numbers"
                         for name, n in self.tiers.items())
+        kinks = (f"; {len(self.kinks)} point(s) on a kink (`{self.kinks[0][1]}`...), their "
+                 "derivatives compared with the engine only") if self.kinks else ""
         return (f"check passed ({self.method}): {len(self.points)} point(s), {self.compared} "
-                f"derivatives compared, max relative error {self.max_rel_error:.2g}; {how}")
+                f"derivatives compared, max relative error {self.max_rel_error:.2g}; {how}{kinks}")
 
 
 def check(
@@ -153,6 +159,8 @@ def _check(out: Value | Sequence[Value], wrt: Sequence[Value] | None, inputs: Se
                 derivatives_here |= tier.derivatives
         if derivatives_here:
             result.points.append(pt.as_dict())
+            if subject.kinks.get(pt.index):
+                result.kinks.append((pt.as_dict(), subject.kinks[pt.index]))
     result.directions = sum(getattr(t, "used", 0) for t in tiers)
     result.tiers = {t.name: n for t, n in counts.items()}
     result.details = {t.name: t.describe() for t in tiers}

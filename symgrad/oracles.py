@@ -23,7 +23,7 @@ from typing import Any
 
 from .engine import Value, topological_order
 from .ir import Const, Func, Var, evaluate, instr_text, names
-from .ops import OPS
+from .ops import OPS, OpDef
 from .symbolic import sympy_module
 
 __all__ = [
@@ -81,7 +81,7 @@ class HighPrecision:
         self.n_leaves = len(leaves)
         self.consts: list[float] = []
         self.steps: list[tuple[Callable[..., Any], tuple[int, ...]]] = []
-        self.kinked: list[tuple[int, tuple[float, ...]]] = []  # (operand slot, kinks)
+        self.kinked: list[tuple[OpDef, tuple[int, ...]]] = []  # (op, operand slots)
         nodes = [v for v in topological_order(outs) if id(v) not in slot]
         consts = [v for v in nodes if not v._prev]
         for v in consts:
@@ -96,7 +96,7 @@ class HighPrecision:
             params = tuple(float(v.op_params[p]) for p in op.params)
             args = tuple(slot[id(c)] for c in v._prev)
             if op.kinks:
-                self.kinked += [(a, op.kinks) for a in args]
+                self.kinked.append((op, args))
             self.steps.append((mp_function(op.name, params), args))
             slot[id(v)] = len(slot)
         self.outs = [slot[id(o)] for o in outs]
@@ -126,8 +126,10 @@ class HighPrecision:
         return None if env is None else [env[o] for o in self.outs]
 
     def sides(self, env: list[Any]) -> tuple[int, ...]:
-        """Where each kinked op's operands are relative to its kinks (below, at, above)."""
-        return tuple((env[a] > k) - (env[a] < k) for a, ks in self.kinked for k in ks)
+        """Where each kinked op is relative to its kinks (below, at, above), by its kink
+        coordinate (the operand, or e.g. the difference of max's operands)."""
+        return tuple((d > 0) - (d < 0) for op, args in self.kinked
+                     for d in op.kink_offsets(*[env[a] for a in args]))
 
     def _center_sides(self, xs: Sequence[float]) -> tuple[int, ...] | None:
         """`sides` at `xs` (None where undefined), remembered for the last point asked about:

@@ -39,8 +39,12 @@ class GradientTier(Tier):
         self.oracle = _lambdify([subject.symbols[id(v)] for v in subject.leaves], targets)
 
     def entries(self, pt: Point) -> list[Entry] | None:
-        """Each compiled and interpreted derivative against sympy's at `pt`."""
+        """Each compiled and interpreted derivative against sympy's at `pt` (against each
+        other on a kink)."""
         s = self.subject
+        kink = s.on_kink(pt)
+        if kink:
+            return self.engine_only(pt, kink)
         g_comp = s.compiled(pt)["gradient"]
         _, g_int = s.engine(pt)
         g_sym = _mp_eval(self.oracle, pt.values)
@@ -102,8 +106,11 @@ class HessianTier(Tier):
 
     def entries(self, pt: Point) -> list[Entry] | None:
         """The gradient against sympy; each Hessian entry against sympy and central
-        differences of the compiled gradient."""
+        differences of the compiled gradient (on a kink: the gradient against the engine's)."""
         s = self.subject
+        kink = s.on_kink(pt)
+        if kink:
+            return self.engine_only(pt, kink)
         r = s.compiled(pt)
         g, h = r["gradient"][0], r["hessian"]
         sym = _mp_eval(self.oracle, pt.values)

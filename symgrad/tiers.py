@@ -1,13 +1,13 @@
 """What `check` compares: the subject under test, points, agreements, and the tiers' base class.
 
 Imports from symgrad: `engine` (`Value`), `ir` (`Const`, `Func`, `Var`, `evaluate`, `instr_text`,
-`names`), `oracles` and `symbolic`; `compiled` and `higher` to build the object under test; numpy.
-A `Subject` is what one check is about: the graph, the compiled object under test (a `Compiled`,
-or a `Hessian` for order 2), its leaves, and the engine's and the compiled object's numbers at
-each `Point`. A `Tier` lists `Entry`s at a point: each a group of `Agreement`s (a number or an
-array from a source, against an oracle) and the report raised, as the entry's `CheckFailed`
-subclass, if one fails. The tiers themselves live in `symgrad.check_tiers`; `symgrad.checking`
-runs the loop.
+`names`), `ops` (`OPS`, for kinks), `oracles` and `symbolic`; `compiled` and `higher` to build the
+object under test; numpy. A `Subject` is what one check is about: the graph, the compiled object
+under test (a `Compiled`, or a `Hessian` for order 2), its leaves, and the engine's and the compiled
+object's numbers at each `Point`. A `Tier` lists `Entry`s at a point: each a group of `Agreement`s
+(a number or an array from a source, against an oracle) and the report raised, as the entry's
+`CheckFailed` subclass, if one fails. The tiers themselves live in `symgrad.check_tiers`;
+`symgrad.checking` runs the loop.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 
 from .engine import Value, topological_order
 from .ir import Const, Func, Var, evaluate, instr_text, names
+from .ops import OPS
 from .oracles import HighPrecision, engine_at
 from .symbolic import expressions, leaf_symbols
 
@@ -168,6 +169,7 @@ class Subject:
         self._compiled: dict[int, dict[str, np.ndarray]] = {}
         self._hp: HighPrecision | None = None
         self._exprs: dict[int, Any] | None = None
+        self.kinks: dict[int, str] = {}  # point index -> the instruction sitting on its kink
 
     def leaf(self, key: int) -> Value:
         """The leaf with this ``id`` (a key of `symbols`)."""
@@ -206,6 +208,16 @@ class Subject:
             parts["hessian"] = np.asarray(r[2])
         return parts
 
+    def on_kink(self, pt: Point) -> str | None:
+        """The first instruction that sits exactly on one of its op's kinks at `pt` (max of a
+        tie, relu or abs of 0, a comparison of equals), as IR text; None if there is none.
+        There the derivative is a convention (one-sided, or a chosen subgradient) that sympy
+        and finite differences do not define alike, so the derivative tiers compare it with
+        the engine only. Remembered in `kinks`, for the result."""
+        if pt.index not in self.kinks:
+            self.kinks[pt.index] = _first_on_kink(self.program.traced_ir, pt.values) or ""
+        return self.kinks[pt.index] or None
+
     def high_precision(self) -> HighPrecision:
         """The graph as an mpmath program over the leaves (built once)."""
         if self._hp is None:
@@ -226,6 +238,18 @@ class Subject:
         executor) gives another number than its reference rule at `args`, as a report line;
         or why no instruction is to blame."""
         return _lowering_culprit(self, func, args)
+
+
+def _first_on_kink(func: Func, values: Sequence[float]) -> str | None:
+    env: dict[Var, float] = {}
+    evaluate(func, list(values), env)
+    for ins in func.body:
+        op = OPS[ins.op]
+        if op.kinks:
+            vals = [a.value if isinstance(a, Const) else env[a] for a in ins.args]
+            if 0.0 in op.kink_offsets(*vals):
+                return instr_text(ins, names(func))
+    return None
 
 
 def _build(outs: tuple[Value, ...], wrt: Sequence[Value] | None, inputs: Sequence[Value],
@@ -294,6 +318,33 @@ class Tier:
     def describe(self) -> str:
         """How this tier checked, for ``CheckResult.tiers``' text."""
         return self.name
+
+    def engine_only(self, pt: Point, kink: str) -> list[Entry]:
+        """At a point on a kink: the compiled gradient against the engine's only (the
+        convention both follow), each entry reporting the instruction on the kink."""
+        s = self.subject
+        g_comp = s.compiled(pt)["gradient"]
+        g_int = np.asarray(s.engine(pt)[1], dtype=np.float64)
+        if not (finite(g_comp) and finite(g_int)):
+            return []
+
+        def report(failed: list[Agreement]) -> str:
+            ag = failed[0]
+            return "\n".join([
+                f"gradient mismatch at {ag.element()} ({s.backend}, against the engine):",
+                f"  compiled    {fmt(ag.got)}",
+                f"  interpreted {fmt(ag.want)}",
+                f"  {pt.text()}, where `{kink}` sits on a kink of its op (there the "
+                "derivative is a convention, compared with the engine only)",
+            ])
+
+        def where(i: int) -> str:
+            k, j = np.unravel_index(i, g_comp.shape)
+            return f"d/d({s.names[j]})" if len(s.outs) == 1 else \
+                f"d(output {k})/d({s.names[j]})"
+
+        return [Entry((Agreement("compiled", g_comp, "interpreted", g_int, where=where),),
+                      report)]
 
 
 def finite(xs: Any) -> bool:

@@ -108,7 +108,23 @@ def test_kinks_within_the_stencil_are_skipped_not_failed() -> None:
     v = sg.Value(0.4, label="v")
     out = (w * x).relu() + v * w
     r = sg.check(out, wrt=[w, v], inputs=[x], backend="python", method="numeric")
-    assert r.points and r.points[0] != {"w": 0.0, "v": 0.4, "x": 1.5}
+    # the leaves' values are on the kink: compared with the engine only, and said so
+    at = {"w": 0.0, "v": 0.4, "x": 1.5}
+    assert r.kinks == [(at, "v0 = relu(v1)")] or [k[0] for k in r.kinks] == [at]
+    assert r.directions > 0  # the random points were compared in high precision
+    assert "1 point(s) on a kink" in str(r)
+
+
+def test_a_stencil_across_the_kink_of_max_is_undefined_not_a_difference() -> None:
+    # max's kink is where its operands are equal, whatever their size: a central difference
+    # across it is neither one-sided derivative
+    from symgrad.oracles import HighPrecision
+
+    x, y = sg.Value(1.0, label="x"), sg.Value(1.0, label="y")
+    hp = HighPrecision([sg.maximum(x, y) * 3.0], [x, y])
+    assert hp.directional((1.0, 1.0 + 1e-14), np.array([1.0, 0.0])) is None
+    d = hp.directional((1.0, 0.5), np.array([1.0, 0.0]))
+    assert d is not None and abs(float(d[0]) - 3.0) < 1e-12
 
 
 # ---- wrong numbers of every kind -----------------------------------------------------------------

@@ -249,6 +249,38 @@ def test_check_passes_through_every_new_op() -> None:
     assert sg.check(out, wrt=[a, b, c], order=2, points=1, backend="python").compared > 0
 
 
+@pytest.mark.parametrize("method", ["symbolic", "numeric"])
+@pytest.mark.parametrize("order", [1, 2])
+def test_check_at_a_tie_or_a_kink_compares_with_the_engine_and_says_so(method, order) -> None:
+    # the leaves' values tie max and min and put abs and relu at 0: the derivative there is a
+    # convention (sympy's Heaviside(0) = 1/2 would halve max's), so check compares it with the
+    # engine only, names the instruction, and still checks the random points against sympy
+    a, b, c = Value(1.5, label="a"), Value(1.5, label="b"), Value(0.0, label="c")
+    out = sg.maximum(a, b) * a + sg.minimum(b, a) + abs(c) * b + (c * a).relu() + (a <= b) * c
+    r = sg.check(out, wrt=[a, b, c], backend="python", order=order, method=method)
+    assert [k[0] for k in r.kinks] == [{"a": 1.5, "b": 1.5, "c": 0.0}]
+    assert "maximum(a, b)" in r.kinks[0][1] and "on a kink" in str(r)
+    assert len(r.points) > 1 and r.compared > len(r.points)
+
+
+def test_a_wrong_gradient_on_a_kink_still_fails_against_the_engine(monkeypatch) -> None:
+    from symgrad.tiers import Subject
+
+    a, b = Value(2.0, label="a"), Value(2.0, label="b")
+    out = sg.maximum(a, b) * a
+    real = Subject.compiled
+
+    def off_by_one(self, pt):
+        r = dict(real(self, pt))
+        r["gradient"] = r["gradient"] + 1.0
+        return r
+
+    monkeypatch.setattr(Subject, "compiled", off_by_one)
+    # the engine's d/da = max + a * 1 (the tie's derivative goes to a) = 4.0
+    with pytest.raises(sg.GradientMismatch, match=r"(?s)d/d\(a\).*5\.0.*4\.0"):
+        sg.check(out, wrt=[a, b], backend="python", points=0)
+
+
 def test_to_sympy_of_the_new_ops() -> None:
     import sympy as sp
 
