@@ -318,17 +318,58 @@ def setup_interp(model: Model, value_cls: Any, act: str, n_rows: int) -> Call:
 def numba_kernel() -> Any:
     """A fresh dispatcher for the hand-written kernel: it compiles on its first call, so each
     model's "compile s" includes it (the kernel is generic: one compile would serve all models).
-    """
+    Activations `a` and `delta` (dloss/d(pre-activation)) are unit-major over all layers."""
     import numba
+
+    @numba.njit(cache=False, inline="always")
+    def forward_row(params: np.ndarray, sizes: np.ndarray, a: np.ndarray) -> int:
+        aoff = 0
+        poff = 0
+        for layer in range(sizes.shape[0] - 1):
+            nin, nout = sizes[layer], sizes[layer + 1]
+            for j in range(nout):
+                base = poff + j * (nin + 1)
+                s = params[base + nin]  # bias first, as symgrad's Neuron sums
+                for k in range(nin):
+                    s += params[base + k] * a[aoff + k]
+                a[aoff + nin + j] = np.tanh(s)
+            aoff += nin
+            poff += nout * (nin + 1)
+        return aoff  # where the output is
+
+    @numba.njit(cache=False, inline="always")
+    def backward_row(params: np.ndarray, sizes: np.ndarray, a: np.ndarray, delta: np.ndarray,
+                     aoff: int, grad: np.ndarray) -> None:
+        poff = 0
+        for layer in range(sizes.shape[0] - 1):
+            poff += sizes[layer + 1] * (sizes[layer] + 1)
+        for layer in range(sizes.shape[0] - 2, -1, -1):
+            nin, nout = sizes[layer], sizes[layer + 1]
+            ooff = aoff
+            aoff = ooff - nin
+            poff -= nout * (nin + 1)
+            if layer > 0:
+                for k in range(nin):
+                    delta[aoff + k] = 0.0
+            for j in range(nout):
+                base = poff + j * (nin + 1)
+                dj = delta[ooff + j]
+                grad[base + nin] += dj
+                for k in range(nin):
+                    grad[base + k] += dj * a[aoff + k]
+                if layer > 0:
+                    for k in range(nin):
+                        delta[aoff + k] += dj * params[base + k]
+            if layer > 0:
+                for k in range(nin):
+                    delta[aoff + k] *= 1.0 - a[aoff + k] * a[aoff + k]
 
     @numba.njit(cache=False)
     def mlp_loss_grad(
         params: np.ndarray, sizes: np.ndarray, X: np.ndarray, Y: np.ndarray, grad: np.ndarray
     ) -> float:
-        # a: activations, delta: dloss/d(pre-activation), both unit-major over all layers
-        nl = sizes.shape[0] - 1
         total = 0
-        for layer in range(nl + 1):
+        for layer in range(sizes.shape[0]):
             total += sizes[layer]
         a = np.empty(total)
         delta = np.empty(total)
@@ -336,45 +377,12 @@ def numba_kernel() -> Any:
         for i in range(X.shape[0]):
             for k in range(sizes[0]):
                 a[k] = X[i, k]
-            aoff = 0
-            poff = 0
-            for layer in range(nl):
-                nin = sizes[layer]
-                nout = sizes[layer + 1]
-                ooff = aoff + nin
-                for j in range(nout):
-                    base = poff + j * (nin + 1)
-                    s = params[base + nin]  # bias first, as symgrad's Neuron sums
-                    for k in range(nin):
-                        s += params[base + k] * a[aoff + k]
-                    a[ooff + j] = np.tanh(s)
-                aoff = ooff
-                poff += nout * (nin + 1)
+            aoff = forward_row(params, sizes, a)
             out = a[aoff]
             diff = out - Y[i]
             loss += diff * diff
             delta[aoff] = 2.0 * diff * (1.0 - out * out)
-            for layer in range(nl - 1, -1, -1):
-                nin = sizes[layer]
-                nout = sizes[layer + 1]
-                ooff = aoff
-                aoff = ooff - nin
-                poff -= nout * (nin + 1)
-                if layer > 0:
-                    for k in range(nin):
-                        delta[aoff + k] = 0.0
-                for j in range(nout):
-                    base = poff + j * (nin + 1)
-                    dj = delta[ooff + j]
-                    grad[base + nin] += dj
-                    for k in range(nin):
-                        grad[base + k] += dj * a[aoff + k]
-                    if layer > 0:
-                        for k in range(nin):
-                            delta[aoff + k] += dj * params[base + k]
-                if layer > 0:
-                    for k in range(nin):
-                        delta[aoff + k] *= 1.0 - a[aoff + k] * a[aoff + k]
+            backward_row(params, sizes, a, delta, aoff, grad)
         return loss
 
     return mlp_loss_grad

@@ -319,12 +319,19 @@ def programs(
     outputs += [draw(st.sampled_from(pickable)) for _ in range(n_outputs - 1)]
     prog = Program(n, tuple(steps), tuple(outputs))
     if safe:
-        vals = evaluate(prog, inputs)
-        for k, s in enumerate(prog.steps):
-            xs = [vals[a] if isinstance(a, int) else a for a in s.args]
-            # a guard squares a value of up to MAX_MAGNITUDE, hence the wider bound here
-            assert _safe(s.op, xs, s.params, vals[n + k], MAX_MAGNITUDE**2), f"step {k}:\n{prog}"
+        _assert_safe(prog, inputs)
     return Case(prog, tuple(inputs))
+
+
+def _assert_safe(prog: Program, inputs: Sequence[float]) -> None:
+    """Every step of a program drawn safe is inside its domain at `inputs` (the generator's own
+    check)."""
+    vals = evaluate(prog, inputs)
+    for k, s in enumerate(prog.steps):
+        xs = [vals[a] if isinstance(a, int) else a for a in s.args]
+        # a guard squares a value of up to MAX_MAGNITUDE, hence the wider bound here
+        assert _safe(s.op, xs, s.params, vals[prog.n_inputs + k], MAX_MAGNITUDE**2), \
+            f"step {k}:\n{prog}"
 
 
 # ---- numerical slack ----------------------------------------------------------------------------
