@@ -171,16 +171,30 @@ def plan(subject: Subject, method: str, directions: int, seed: int, expected: An
     """The tiers a check runs, in the order they compare at each point."""
     symbolic = method == "symbolic" or (
         method == "auto" and subject.size <= SYMBOLIC_LIMIT[subject.order])
-    if subject.order == 1:
-        deriv: Tier = (GradientTier(subject) if symbolic
-                       else NumericGradientTier(subject, directions, seed))
-    else:
-        deriv = (HessianTier(subject) if symbolic
+    deriv = _symbolic_tier(subject, method) if symbolic else None
+    if deriv is None:
+        deriv = (NumericGradientTier(subject, directions, seed) if subject.order == 1
                  else NumericHessianTier(subject, directions, seed))
     tiers = [EntryPointTier(subject, seed), deriv, RulesTier(subject)]
     if expected is not None:
         tiers.append(ExpectedTier(subject, expected))
     return tiers
+
+
+def _symbolic_tier(subject: Subject, method: str) -> Tier | None:
+    """The whole-graph sympy tier, or None where sympy cannot differentiate the graph (its
+    simplification of some piecewise conditions recurses without end) and `method` is "auto":
+    the numeric tier checks it instead."""
+    try:
+        return GradientTier(subject) if subject.order == 1 else HessianTier(subject)
+    except RecursionError:
+        if method == "auto":
+            return None
+        raise ValueError(
+            "check(method='symbolic'): sympy could not differentiate this graph (RecursionError "
+            "while it simplified a piecewise condition); method='numeric' checks it against "
+            "high-precision central differences instead"
+        ) from None
 
 
 def _validate(order: int, method: str, points: int, directions: int) -> None:

@@ -269,6 +269,12 @@ def _condition(sp: Any, c: Any) -> Any:
     return sp.Ne(c, 0)
 
 
+def _piecewise(sp: Any, *pairs: tuple[Any, Any]) -> Any:
+    """A sympy Piecewise left as written: sympy's own simplification of the conditions can
+    recurse without end on some of them (a comparison of a log with a rational function)."""
+    return sp.Piecewise(*pairs, evaluate=False)
+
+
 def _sp(name: str) -> Callable[..., Any]:
     """A sympy counterpart that is a plain sympy function of the same operands."""
     return lambda sp, *a: getattr(sp, name)(*a)
@@ -330,13 +336,13 @@ STEP = defop(
     # the derivative of relu; its own derivative is zero wherever it is defined
     "step", 1, impl=_step, vjp=lambda ct, out, x: (None,),
     py="np.float64(1.0) if {0} > 0.0 else np.float64(0.0)", symbol="step", kinks=(0.0,),
-    sympy=lambda sp, x: sp.Piecewise((1, x > 0), (0, True)),
+    sympy=lambda sp, x: _piecewise(sp, (1, x > 0), (0, True)),
 )
 RELU = defop(
     # relu'(0) = 0 (micrograd's convention): the rule reads the output, and step(0) = 0
     "relu", 1, impl=_relu, vjp=lambda ct, out, x: (STEP(out) * ct,),
     py="np.float64(0.0) if {0} < 0.0 else {0}", symbol="ReLU", kinks=(0.0,),
-    sympy=lambda sp, x: sp.Piecewise((x, x > 0), (0, True)),
+    sympy=lambda sp, x: _piecewise(sp, (x, x > 0), (0, True)),
 )
 SIN = defop(
     "sin", 1, impl=_trig(math.sin), vjp=lambda ct, out, x: (COS(x) * ct,),
@@ -387,7 +393,7 @@ def _compare(name: str, symbol: str, relation: str) -> OpDef:
         name, 2, impl=lambda x, y: 1.0 if test(x, y) else 0.0,
         vjp=lambda ct, out, x, y: (None, None),
         py=f"np.float64(1.0) if {{0}} {symbol} {{1}} else np.float64(0.0)", symbol=symbol,
-        sympy=lambda sp, x, y: sp.Piecewise((1, getattr(sp, relation)(x, y)), (0, True)),
+        sympy=lambda sp, x, y: _piecewise(sp, (1, getattr(sp, relation)(x, y)), (0, True)),
         kinks=(0.0,), kink_coordinate=_difference,
     )
 
@@ -403,7 +409,7 @@ WHERE: OpDef = defop(
     "where", 3, impl=_where,
     vjp=lambda ct, out, c, x, y: (None, WHERE(c, ct, 0.0), WHERE(c, 0.0, ct)),
     py="np.float64({1}) if {0} != 0.0 else np.float64({2})", symbol="where", kinks=(0.0,),
-    sympy=lambda sp, c, x, y: sp.Piecewise((x, _condition(sp, c)), (y, True)),
+    sympy=lambda sp, c, x, y: _piecewise(sp, (x, _condition(sp, c)), (y, True)),
 )
 
 

@@ -281,6 +281,37 @@ def test_a_wrong_gradient_on_a_kink_still_fails_against_the_engine(monkeypatch) 
         sg.check(out, wrt=[a, b], backend="python", points=0)
 
 
+def test_comparisons_that_sympy_would_simplify_forever_export_and_check() -> None:
+    # sympy's Piecewise, left to simplify the condition log(1/(x**2+1) + 0.5) >= ..., recursed
+    # until RecursionError; the op table's forms are left as written
+    import sympy as sp
+
+    x = Value(-1.0, label="x")
+    u = (x * x + 1.0) ** -1.0 + 0.5
+    cond = u.log() >= u - 1.5
+    X = sp.Symbol("x", real=True)
+    U = 1 / (X**2 + 1) + sp.Float(0.5)
+    assert sg.to_sympy(cond).subs(X, -1.0) == (1 if math.log(1.0) >= -0.5 else 0)
+    assert sg.to_sympy(cond).args[0].cond == sp.Ge(sp.log(U), U - sp.Float(1.5))
+    # (sympy 1.14 still recurses differentiating where(cond, ...): then auto checks numerically)
+    assert sg.check(sg.where(cond, x * x, -x), wrt=[x], backend="python").compared > 0
+
+
+def test_a_graph_sympy_cannot_differentiate_is_checked_numerically(monkeypatch) -> None:
+    from symgrad import symbolic_tiers
+
+    def recurses(self, subject):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(symbolic_tiers.GradientTier, "__init__", recurses)
+    x = Value(0.3, label="x")
+    out = sg.where(x < 1.0, x * x, -x)
+    r = sg.check(out, wrt=[x], backend="python")
+    assert r.method == "numeric" and r.directions > 0
+    with pytest.raises(ValueError, match=r"sympy could not differentiate.*method='numeric'"):
+        sg.check(out, wrt=[x], backend="python", method="symbolic")
+
+
 def test_to_sympy_of_the_new_ops() -> None:
     import sympy as sp
 
