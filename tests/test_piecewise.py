@@ -8,6 +8,7 @@ too. The op table's rows themselves are checked in test_ops.py.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -279,6 +280,25 @@ def test_a_wrong_gradient_on_a_kink_still_fails_against_the_engine(monkeypatch) 
     # the engine's d/da = max + a * 1 (the tie's derivative goes to a) = 4.0
     with pytest.raises(sg.GradientMismatch, match=r"(?s)d/d\(a\).*5\.0.*4\.0"):
         sg.check(out, wrt=[a, b], backend="python", points=0)
+
+
+@pytest.mark.parametrize("method", ["symbolic", "numeric"])
+def test_a_false_condition_is_no_kink_and_a_wrong_branch_is_caught(method, monkeypatch) -> None:
+    # where(a > 0, ...) at a < 0 takes its second branch all around the point: the condition is
+    # 0.0 but cannot move, so the derivative there has an oracle; a rule that doubles the second
+    # branch's derivative must fail against it, not pass against the engine that shares it
+    a, c = Value(-1.5, label="a"), Value(0.4, label="c")
+    leaky = sg.where(a > 0, a, 0.01 * a) + sg.where((a > -9.0) * (c < 0.0), a, c * a)
+    r = sg.check(leaky, wrt=[a, c], backend="python", method=method)
+    assert r.kinks == [] and "on a kink" not in str(r)
+    where = ops.OPS["where"]
+    doubled = dataclasses.replace(
+        where, vjp=lambda ct, out, c, x, y: (None, where(c, ct, 0.0), where(c, 0.0, 2.0 * ct)))
+    monkeypatch.setitem(ops.OPS, "where", doubled)
+    monkeypatch.setattr(ops, "WHERE", doubled)
+    a = Value(-1.5, label="a")
+    with pytest.raises(sg.GradientMismatch, match=r"(?s)/d\(a\).*where\(v0, a, v1\)"):
+        sg.check(doubled(a > 0, a, 0.01 * a), wrt=[a], backend="python", method=method)
 
 
 def test_to_sympy_of_the_new_ops() -> None:
