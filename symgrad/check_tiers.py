@@ -13,6 +13,7 @@ lazily. (The derivative tiers are in `symgrad.symbolic_tiers` and `symgrad.numer
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from functools import partial
@@ -280,19 +281,23 @@ class ExpectedTier(Tier):
         super().__init__(subject)
         sp = sympy_module()
         self.exprs = _expected_exprs(subject, expected, sp)
-        self.lam = sympy_evaluator(self.exprs, [subject.symbols[id(v)] for v in subject.leaves])
+        args = [subject.symbols[id(v)] for v in subject.leaves]
+        # one evaluator an output: each says alone where it is undefined
+        self.lams = [sympy_evaluator([e], args) for e in self.exprs]
         self.hp = subject.high_precision()
         self.compared = 0
+        self._proved: bool | None = None
 
     def proved(self) -> bool:
         """Whether sympy proves the graph equal to `expected` (small graphs only; tried after
         the points agreed, so a wrong model never waits for simplify)."""
-        if self.subject.size > self.PROOF_LIMIT:
-            return False
-        sp = sympy_module()
-        exprs = self.subject.expressions()
-        return all(sp.simplify(exprs[id(o)] - e) == 0
-                   for o, e in zip(self.subject.outs, self.exprs, strict=True))
+        if self._proved is None:
+            sp = sympy_module()
+            exprs = self.subject.expressions()
+            self._proved = self.subject.size <= self.PROOF_LIMIT and all(
+                sp.simplify(exprs[id(o)] - e) == 0
+                for o, e in zip(self.subject.outs, self.exprs, strict=True))
+        return self._proved
 
     def describe(self) -> str:
         """Whether a proof was found, and at how many points the values were compared."""
@@ -300,16 +305,19 @@ class ExpectedTier(Tier):
         return f"{self.name} ({how}compared at {self.compared} points)"
 
     def entries(self, pt: Point) -> list[Entry] | None:
-        """The graph's outputs against `expected`'s at `pt`, in high precision."""
+        """The graph's outputs against `expected`'s at `pt`, in high precision. Where the graph
+        is undefined there is nothing to compare; where it is defined and `expected` is not
+        (complex, infinite, nan), they are not the same function."""
         import mpmath
 
         got = self.hp.values(pt.values)
-        with mpmath.workdps(self.hp.dps):
-            want = self.lam(*map(mpmath.mpf, pt.values))
-        if got is None or want is None:
+        if got is None:
             return None
+        with mpmath.workdps(self.hp.dps):
+            want = [lam(*map(mpmath.mpf, pt.values)) for lam in self.lams]
         self.compared += 1
-        return [Entry((Agreement("the traced graph", float(g), "expected", float(w)),),
+        return [Entry((Agreement("the traced graph", float(g),
+                                 "expected", math.nan if w is None else float(w[0])),),
                       partial(self.report, k, pt), ModelMismatch)
                 for k, (g, w) in enumerate(zip(got, want, strict=True))]
 
@@ -323,7 +331,8 @@ class ExpectedTier(Tier):
         return "\n".join([
             f"model mismatch: {of}the traced graph is not the expected formula:",
             f"  traced graph  {fmt(ag.got)}",
-            f"  expected      {fmt(ag.want)}",
+            f"  expected      {fmt(ag.want) if not math.isnan(ag.want) else 'undefined here'}"
+            + (" (complex, infinite or nan)" if math.isnan(ag.want) else ""),
             f"  {pt.text()}",
             f"  graph:    {_short(graph)}",
             f"  expected: {_short(str(self.exprs[k]))}",
@@ -344,6 +353,10 @@ def _expected_exprs(subject: Subject, expected: Any, sp: Any) -> list[Any]:
         exprs = [sp.sympify(e, strict=True) for e in items]
     except (sp.SympifyError, TypeError) as e:
         raise TypeError(f"check: expected must be sympy expressions ({e})") from None
+    for e in exprs:
+        if isinstance(e, sp.MatrixBase) or not isinstance(e, (sp.Expr, sp.logic.boolalg.Boolean)):
+            raise TypeError("check: expected must be sympy expressions, one per output (a list "
+                            f"for several outputs), got {type(e).__name__}")
     varying = {id(v) for v in subject.leaves}
     by_name: dict[str, Any] = {}
     for key, sym in subject.symbols.items():

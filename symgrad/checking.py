@@ -161,6 +161,7 @@ def _check(out: Value | Sequence[Value], wrt: Sequence[Value] | None, inputs: Se
             result.points.append(pt.as_dict())
             if subject.kinks.get(pt.index):
                 result.kinks.append((pt.as_dict(), subject.kinks[pt.index]))
+    _compared_expected(tiers)
     result.directions = sum(getattr(t, "used", 0) for t in tiers)
     result.tiers = {t.name: n for t, n in counts.items()}
     result.details = {t.name: t.describe() for t in tiers}
@@ -231,6 +232,17 @@ def _nonempty(result: CheckResult) -> CheckResult:
             "move the leaves into the functions' domains or raise `points`"
         )
     return result
+
+
+def _compared_expected(tiers: list[Tier]) -> None:
+    """`expected` that no point compared and no proof settled must not pass silently."""
+    for t in tiers:
+        if isinstance(t, ExpectedTier) and t.compared == 0 and not t.proved():
+            raise ValueError(
+                "check: expected was compared at no point: the traced graph is undefined "
+                "(complex, nan or inf in high precision) at every point tried; move the leaves "
+                "into its domain or raise `points`"
+            )
 
 
 def _sample_points(subject: Subject, points: int, seed: int) -> list[Point]:

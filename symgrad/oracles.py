@@ -215,7 +215,7 @@ def sympy_evaluator(exprs: Sequence[Any], args: Sequence[Any]) -> Callable[..., 
                 continue
             stack.pop()
             slot[e] = len(args) + len(steps)
-            if e.is_Number or e.is_NumberSymbol or e is sp.true or e is sp.false:
+            if (e.is_Atom and e.is_number) or e is sp.true or e is sp.false:
                 consts[slot[e]] = _mp_constant(sp, e)
                 steps.append((None, ()))
             else:
@@ -251,6 +251,8 @@ def _mp_constant(sp: Any, e: Any) -> Any:
 
     if e is sp.true or e is sp.false:
         return bool(e)
+    if not (e.is_finite and e.is_extended_real):  # oo, zoo, nan, I: undefined where read
+        return mpmath.nan
     with mpmath.workdps(DPS + 10):  # built once, used at any precision up to DPS
         if e.is_Rational:
             return mpmath.mpf(int(e.p)) / int(e.q)

@@ -283,6 +283,38 @@ def test_expected_with_unknown_symbols_or_the_wrong_count_is_refused() -> None:
         sg.check(o, wrt=wrt, inputs=inputs, backend="python", expected=object())
 
 
+@pytest.mark.parametrize("wrong", ["log(-a)", "a*b + I", "nan", "zoo", "oo", "a*b/(a - a)"])
+def test_expected_undefined_where_the_graph_is_defined_is_the_wrong_model(wrong) -> None:
+    # a formula that is complex, infinite or nan where the traced graph has a real value is not
+    # that graph: it must not be skipped at every point and pass
+    a, b = sg.Value(1.5, label="a"), sg.Value(-0.5, label="b")
+    A, B = sp.symbols("a b")
+    expected = sp.sympify(wrong, locals={"a": A, "b": B})
+    out = a.log() if "log" in wrong else a * b
+    with pytest.raises(sg.ModelMismatch, match=r"(?m)^  expected +undefined here"):
+        sg.check(out, wrt=[a, b], backend="python", expected=expected)
+
+
+def test_expected_the_graph_leaves_undefined_everywhere_is_refused(monkeypatch) -> None:
+    from symgrad.oracles import HighPrecision
+
+    a, b = sg.Value(1.5, label="a"), sg.Value(-0.5, label="b")
+    A, B = sp.symbols("a b")
+    monkeypatch.setattr(HighPrecision, "values", lambda self, xs: None)
+    with pytest.raises(ValueError, match="expected was compared at no point"):
+        sg.check(a * b, wrt=[a, b], backend="python", expected=A + B)
+    # a proof settles it without points
+    assert "proved" in sg.check(a * b, wrt=[a, b], backend="python",
+                                expected=A * B).details["expected"]
+
+
+@pytest.mark.parametrize("expected", [sp.Matrix([sp.Symbol("a")]), {"a": 1}])
+def test_expected_that_is_no_expression_is_a_type_error(expected) -> None:
+    a = sg.Value(1.5, label="a")
+    with pytest.raises(TypeError, match="expected must be sympy expressions, one per output"):
+        sg.check(a * a, wrt=[a], backend="python", expected=expected)
+
+
 # ---- arguments -----------------------------------------------------------------------------------
 
 
