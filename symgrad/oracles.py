@@ -23,7 +23,7 @@ from typing import Any
 
 from .engine import Value, topological_order
 from .ir import Const, Func, Var, evaluate, instr_text, names
-from .ops import OPS, OpDef
+from .ops import OPS, WHERE, OpDef
 from .symbolic import sympy_module
 
 __all__ = [
@@ -80,7 +80,7 @@ class HighPrecision:
         slot: dict[int, int] = {id(v): i for i, v in enumerate(leaves)}
         self.n_leaves = len(leaves)
         self.consts: list[float] = []
-        self.steps: list[tuple[Callable[..., Any], tuple[int, ...]]] = []
+        self.steps: list[tuple[Callable[..., Any], tuple[int, ...], bool]] = []
         self.kinked: list[tuple[OpDef, tuple[int, ...]]] = []  # (op, operand slots)
         nodes = [v for v in topological_order(outs) if id(v) not in slot]
         consts = [v for v in nodes if not v._prev]
@@ -97,28 +97,33 @@ class HighPrecision:
             args = tuple(slot[id(c)] for c in v._prev)
             if op.kinks:
                 self.kinked.append((op, args))
-            self.steps.append((mp_function(op.name, params), args))
+            self.steps.append((mp_function(op.name, params), args, op is WHERE))
             slot[id(v)] = len(slot)
         self.outs = [slot[id(o)] for o in outs]
         self._center: tuple[tuple[float, ...] | None, tuple[int, ...] | None] = (None, None)
 
     def run(self, xs: Sequence[Any]) -> list[Any] | None:
-        """Every slot's value at leaf values `xs` (floats or mpf), or None where anything is
-        undefined, complex or not finite."""
+        """Every slot's value at leaf values `xs` (floats or mpf), None for a slot that is
+        undefined, complex or not finite; None where an output is. An op reading an undefined
+        slot is undefined, except `where`, which reads its condition and the branch it takes
+        only (``where(x > 0, log(x), 0)`` is defined at x < 0)."""
         import mpmath
 
         with mpmath.workdps(self.dps):
-            env = [mpmath.mpf(x) for x in xs] + [mpmath.mpf(c) for c in self.consts]
-            for fn, args in self.steps:
-                try:
-                    r = fn(*[env[a] for a in args])
-                except _MP_ERRORS:
-                    return None
-                r = _real(r)
-                if r is None:
-                    return None
+            env: list[Any] = [mpmath.mpf(x) for x in xs] + [mpmath.mpf(c) for c in self.consts]
+            for fn, args, select in self.steps:
+                vals = [env[a] for a in args]
+                if select and vals[0] is not None:
+                    # its lambdified Piecewise evaluates the branch it takes only
+                    vals = [vals[0], *(mpmath.nan if v is None else v for v in vals[1:])]
+                r = None
+                if all(v is not None for v in vals):
+                    try:
+                        r = _real(fn(*vals))
+                    except _MP_ERRORS:
+                        r = None
                 env.append(r)
-        return env
+        return None if any(env[o] is None for o in self.outs) else env
 
     def values(self, xs: Sequence[Any]) -> list[Any] | None:
         """The outputs at `xs`, or None."""
@@ -128,8 +133,14 @@ class HighPrecision:
     def sides(self, env: list[Any]) -> tuple[int, ...]:
         """Where each kinked op is relative to its kinks (below, at, above), by its kink
         coordinate (the operand, or e.g. the difference of max's operands)."""
-        return tuple((d > 0) - (d < 0) for op, args in self.kinked
-                     for d in op.kink_offsets(*[env[a] for a in args]))
+        out: list[int] = []
+        for op, args in self.kinked:
+            vals = [env[a] for a in args]
+            if any(v is None for v in vals):  # undefined: a side of its own
+                out.append(2)
+                continue
+            out += [(d > 0) - (d < 0) for d in op.kink_offsets(*vals)]
+        return tuple(out)
 
     def _center_sides(self, xs: Sequence[float]) -> tuple[int, ...] | None:
         """`sides` at `xs` (None where undefined), remembered for the last point asked about:

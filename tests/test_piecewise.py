@@ -301,6 +301,24 @@ def test_a_false_condition_is_no_kink_and_a_wrong_branch_is_caught(method, monke
         sg.check(doubled(a > 0, a, 0.01 * a), wrt=[a], backend="python", method=method)
 
 
+@pytest.mark.parametrize("method", ["symbolic", "numeric"])
+def test_check_of_a_branch_guarded_by_where_where_the_other_is_undefined(method) -> None:
+    # where(a > 0, log(a), a*a) at a < 0: log's nan is never taken, so the model is defined
+    # there; the high-precision oracle must not call it undefined (nothing compared, or a wrong
+    # expected skipped)
+    import sympy as sp
+
+    a = Value(-1.5, label="a")
+    out = sg.where(a > 0, a.log(), a * a)
+    A = sp.Symbol("a")
+    r = sg.check(out, wrt=[a], backend="python", method=method, points=2,
+                 expected=sp.Piecewise((sp.log(A), A > 0), (A**2, True)))
+    assert r.tiers["expected"] == 3 and len(r.points) == 3
+    with pytest.raises(sg.ModelMismatch, match=r"(?m)^  expected +-3\.375"):
+        sg.check(out, wrt=[a], backend="python", method=method,
+                 expected=sp.Piecewise((sp.log(A), A > 0), (A**3, True)))
+
+
 def test_to_sympy_of_the_new_ops() -> None:
     import sympy as sp
 
