@@ -145,7 +145,7 @@ def check(
 def _check(out: Value | Sequence[Value], wrt: Sequence[Value] | None, inputs: Sequence[Value],
            expected: Any, tol: Tolerance, points: int, directions: int, seed: int, backend: str,
            order: int, method: str) -> CheckResult:
-    _validate(order, method, points, directions)
+    _validate(order, method, points, directions, seed, tol)
     subject = Subject(as_outputs(out), wrt, inputs, backend, order, tol)
     tiers = plan(subject, method, directions, seed, expected)
     result = CheckResult(method="symbolic" if any(isinstance(t, (GradientTier, HessianTier))
@@ -184,14 +184,20 @@ def plan(subject: Subject, method: str, directions: int, seed: int, expected: An
     return tiers
 
 
-def _validate(order: int, method: str, points: int, directions: int) -> None:
-    if order not in (1, 2):
+def _validate(order: int, method: str, points: int, directions: int, seed: int,
+              tol: Tolerance) -> None:
+    if isinstance(order, bool) or order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    for name, n, least in (("points", points, 0), ("directions", directions, 1)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < least:
+    for name, n, least in (("points", points, 0), ("directions", directions, 1),
+                           ("seed", seed, 0)):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < least:
             raise ValueError(f"{name} must be an int >= {least}, got {n!r}")
+    for name, x in (("rtol", tol.rtol), ("atol", tol.atol)):
+        # a nan or negative tolerance fails every comparison that is not bit for bit
+        if isinstance(x, bool) or not isinstance(x, (int, float, np.floating)) or not x >= 0:
+            raise ValueError(f"{name} must be a number >= 0, got {x!r}")
 
 
 def _compare(entry: Entry, result: CheckResult, tol: Tolerance, scored: bool) -> int:

@@ -331,6 +331,12 @@ def test_nothing_to_differentiate_by_is_said_as_such() -> None:
     ({"points": -1}, "points must be an int >= 0"),
     ({"directions": 0}, "directions must be an int >= 1"),
     ({"order": 3}, "order must be 1 or 2"),
+    ({"order": True}, "order must be 1 or 2"),
+    ({"seed": "x"}, "seed must be an int >= 0"),
+    ({"seed": 1.5}, "seed must be an int >= 0"),
+    ({"rtol": "1e-7"}, "rtol must be a number >= 0"),
+    ({"rtol": float("nan")}, "rtol must be a number >= 0"),
+    ({"atol": -1.0}, "atol must be a number >= 0"),
 ])
 def test_bad_check_arguments(kwargs: dict, match: str) -> None:
     a = sg.Value(1.0, label="a")
