@@ -15,6 +15,7 @@ oracle (``"numeric"``: any size, linear in it); each kind of instruction's local
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -165,7 +166,7 @@ def _check(out: Value | Sequence[Value], wrt: Sequence[Value] | None, inputs: Se
     result.directions = sum(getattr(t, "used", 0) for t in tiers)
     result.tiers = {t.name: n for t, n in counts.items()}
     result.details = {t.name: t.describe() for t in tiers}
-    return _nonempty(result)
+    return _nonempty(result, subject)
 
 
 def plan(subject: Subject, method: str, directions: int, seed: int, expected: Any) -> list[Tier]:
@@ -229,13 +230,17 @@ def _compare(entry: Entry, result: CheckResult, tol: Tolerance, scored: bool) ->
     return n
 
 
-def _nonempty(result: CheckResult) -> CheckResult:
+def _nonempty(result: CheckResult, subject: Subject) -> CheckResult:
     """A check that compared no derivative must not pass silently."""
     if result.compared == 0:
+        bad = [f"{name} = {subject.leaf(k).data!r}" for k, name in subject.symbols.items()
+               if not math.isfinite(subject.leaf(k).data)]
         raise ValueError(
             "check: nothing was compared: at every point tried (the leaves' values and the random "
             "points) some value or derivative was nan or inf, or the oracle undefined there; "
-            "move the leaves into the functions' domains or raise `points`"
+            + (f"leaves that are not finite: {', '.join(bad)} (the random points are drawn "
+               "around the leaves' values; a frozen leaf keeps its own)" if bad else
+               "move the leaves into the functions' domains or raise `points`")
         )
     return result
 

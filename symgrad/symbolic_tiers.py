@@ -46,9 +46,12 @@ class GradientTier(Tier):
         if kink:
             return self.engine_only(pt, kink)
         g_comp = s.compiled(pt)["gradient"]
-        _, g_int = s.engine(pt)
+        v_int, g_int = s.engine(pt)
+        # a nan or inf value (a frozen leaf's nan) makes sympy's expression nan, its diff 0
+        if not (finite(v_int) and finite(g_int)):
+            return None
         g_sym = _mp_eval(self.oracle, pt.values)
-        if g_sym is None or not finite(g_int):
+        if g_sym is None:
             return None
         return [
             Entry(
@@ -113,8 +116,10 @@ class HessianTier(Tier):
             return self.engine_only(pt, kink)
         r = s.compiled(pt)
         g, h = r["gradient"][0], r["hessian"]
+        if not (finite(s.engine(pt)[0]) and finite(g) and finite(h)):
+            return None  # as for the gradient: sympy's expression of a nan value is nan
         sym = _mp_eval(self.oracle, pt.values)
-        if sym is None or not (finite(g) and finite(h)):
+        if sym is None:
             return None
         g_sym, h_sym = sym[0], sym[1:]
         fd, steps = _fd_hessian(s.program, pt.params, pt.inputs)

@@ -9,6 +9,7 @@ one thing on purpose and asserts that check names it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import re
 import subprocess
@@ -313,6 +314,16 @@ def test_expected_that_is_no_expression_is_a_type_error(expected) -> None:
     a = sg.Value(1.5, label="a")
     with pytest.raises(TypeError, match="expected must be sympy expressions, one per output"):
         sg.check(a * a, wrt=[a], backend="python", expected=expected)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_a_nan_leaf_is_named_and_is_no_false_gradient_mismatch(order) -> None:
+    # b*b + n with n frozen at nan: the engine's d/db is 2b, but sympy's b**2 + nan is nan and
+    # its derivative 0; with every value nan nothing can be compared, and the message says why
+    b, n = sg.Value(2.0, label="b"), sg.Value(math.nan, label="n")
+    for out, wrt in ((b * b + n, [b]), (n * b, [n, b])):
+        with pytest.raises(ValueError, match=r"nothing was compared.*not finite: n = nan"):
+            sg.check(out, wrt=wrt, backend="python", order=order)
 
 
 # ---- arguments -----------------------------------------------------------------------------------
