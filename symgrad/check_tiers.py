@@ -24,7 +24,7 @@ import numpy as np
 from .ir import Const, Var, evaluate, instr_text, names
 from .layout import chunk_rows, n_chunks
 from .ops import OPS
-from .oracles import rule_values, sympy_evaluator
+from .oracles import DPS, rule_values, sympy_evaluator
 from .symbolic import sympy_module
 from .tiers import (
     Agreement,
@@ -281,9 +281,7 @@ class ExpectedTier(Tier):
         super().__init__(subject)
         sp = sympy_module()
         self.exprs = _expected_exprs(subject, expected, sp)
-        args = [subject.symbols[id(v)] for v in subject.leaves]
-        # one evaluator an output: each says alone where it is undefined
-        self.lams = [sympy_evaluator([e], args) for e in self.exprs]
+        self.lams = _evaluators(self.exprs, [subject.symbols[id(v)] for v in subject.leaves])
         self.hp = subject.high_precision()
         self.compared = 0
         self._proved: bool | None = None
@@ -337,6 +335,26 @@ class ExpectedTier(Tier):
             f"  graph:    {_short(graph)}",
             f"  expected: {_short(str(self.exprs[k]))}",
         ])
+
+
+def _evaluators(exprs: list[Any], args: list[Any]) -> list[Any]:
+    """One evaluator an output (each says alone where it is undefined), tried once at the origin:
+    a formula mpmath cannot evaluate (an undefined function, an unevaluated Derivative) is a
+    TypeError here, not a traceback from sympy's printer at the first point."""
+    import mpmath
+
+    try:
+        lams = [sympy_evaluator([e], args) for e in exprs]
+        with mpmath.workdps(DPS):
+            for lam in lams:
+                lam(*[mpmath.mpf(0)] * len(args))
+    except Exception as e:  # sympy's printer and lambdify raise many kinds
+        why = (str(e).splitlines() or [""])[0]
+        raise TypeError(
+            f"check: expected cannot be evaluated numerically ({type(e).__name__}: {why}); use "
+            "functions with a numeric value (call .doit() on a Derivative, Integral or Sum)"
+        ) from None
+    return lams
 
 
 def _short(text: str, width: int = 160) -> str:

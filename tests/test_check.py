@@ -326,6 +326,19 @@ def test_a_nan_leaf_is_named_and_is_no_false_gradient_mismatch(order) -> None:
             sg.check(out, wrt=wrt, backend="python", order=order)
 
 
+@pytest.mark.parametrize("expected", [
+    sp.Function("f")(sp.Symbol("a")),
+    sp.Derivative(sp.Symbol("a") ** 3 / 3, sp.Symbol("a")),
+    sp.Sum(sp.Symbol("a") ** 2, (sp.Symbol("k"), 1, 1)),
+])
+def test_expected_that_mpmath_cannot_evaluate_is_a_type_error(expected) -> None:
+    a = sg.Value(1.5, label="a")
+    with pytest.raises(TypeError, match=r"expected cannot be evaluated numerically .*\.doit\(\)"):
+        sg.check(a * a, wrt=[a], backend="python", expected=expected)
+    if not isinstance(expected, sp.core.function.AppliedUndef):  # what the message advises
+        sg.check(a * a, wrt=[a], backend="python", expected=expected.doit())
+
+
 # ---- arguments -----------------------------------------------------------------------------------
 
 
