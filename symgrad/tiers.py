@@ -75,6 +75,13 @@ def same(a: Any, b: Any) -> Any:
     return (a == b) | (np.isnan(a) & np.isnan(b))
 
 
+def identical(a: Any, b: Any) -> Any:
+    """Bit for bit, a nan's sign aside (the exactness contract): as `same`, but 0.0 and -0.0
+    differ (1 / x tells them apart); elementwise."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return same(a, b) & (np.signbit(a) == np.signbit(b)) | (np.isnan(a) & np.isnan(b))
+
+
 @dataclass(frozen=True)
 class Agreement:
     """`got` (from `source`) must agree with `want` (from `oracle`), elementwise for arrays.
@@ -183,7 +190,7 @@ class Subject:
     def same(self, a: Any, b: Any) -> Any:
         """The test between two runs of symgrad: bit for bit on an exact executor, else
         check's tolerance."""
-        return same(a, b) if self.exact else self.tol.close(a, b)
+        return identical(a, b) if self.exact else self.tol.close(a, b)
 
     def engine(self, pt: Point) -> tuple[list[float], list[list[float]]]:
         """The interpreted engine's values and gradients at `pt`."""

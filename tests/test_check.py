@@ -227,6 +227,18 @@ def test_a_wrong_rule_of_an_op_the_graph_barely_uses_is_caught_by_the_rules_tier
     assert "`v1 = exp(a)`" in msg or "exp(a)" in msg
 
 
+def test_a_zero_of_the_wrong_sign_on_an_exact_backend_fails(monkeypatch) -> None:
+    # x + 0.0 -> x is not exact (-0.0 + 0.0 is 0.0): a pass that used it gives -0.0 where the
+    # engine gives 0.0, which 1 / x tells apart; bit for bit means the sign of zero too
+    from symgrad import passes
+
+    wrong = (*passes.SIMPLIFY_RULES, passes.Rule("x+0.0", "x", "wrong for x = -0.0"))
+    monkeypatch.setattr(passes, "_RULES", passes._compile(wrong))
+    a = sg.Value(-0.0, label="a")
+    with pytest.raises(sg.ValueMismatch, match=r"(?s)single call +-0\.0\n +the engine +0\.0"):
+        sg.check((a + 0.0) * 2.0, wrt=[a], backend="python")
+
+
 # ---- expected= -----------------------------------------------------------------------------------
 
 
