@@ -149,6 +149,19 @@ def _check(out: Value | Sequence[Value], wrt: Sequence[Value] | None, inputs: Se
     _validate(order, method, points, directions, seed, tol)
     subject = Subject(as_outputs(out), wrt, inputs, backend, order, tol)
     tiers = plan(subject, method, directions, seed, expected)
+    result = _run(subject, tiers, points, seed, tol)
+    if result.compared == 0 and method == "auto" and result.method == "symbolic":
+        # mpmath could evaluate sympy's derivative at no point (some nested Piecewise and Max
+        # forms compare complex numbers as lambdified): the numeric tier needs no such form
+        tiers = plan(subject, "numeric", directions, seed, expected)
+        result = _run(subject, tiers, points, seed, tol)
+    _compared_expected(tiers)
+    return _nonempty(result, subject)
+
+
+def _run(subject: Subject, tiers: list[Tier], points: int, seed: int,
+         tol: Tolerance) -> CheckResult:
+    """Every tier at every point; the score."""
     result = CheckResult(method="symbolic" if any(isinstance(t, (GradientTier, HessianTier))
                                                   for t in tiers) else "numeric")
     counts = dict.fromkeys(tiers, 0)
@@ -162,11 +175,10 @@ def _check(out: Value | Sequence[Value], wrt: Sequence[Value] | None, inputs: Se
             result.points.append(pt.as_dict())
             if subject.kinks.get(pt.index):
                 result.kinks.append((pt.as_dict(), subject.kinks[pt.index]))
-    _compared_expected(tiers)
     result.directions = sum(getattr(t, "used", 0) for t in tiers)
     result.tiers = {t.name: n for t, n in counts.items()}
     result.details = {t.name: t.describe() for t in tiers}
-    return _nonempty(result, subject)
+    return result
 
 
 def plan(subject: Subject, method: str, directions: int, seed: int, expected: Any) -> list[Tier]:

@@ -236,15 +236,23 @@ def sympy_evaluator(exprs: Sequence[Any], args: Sequence[Any]) -> Callable[..., 
     outs = [visit(e) for e in exprs]
 
     def run(*xs: Any) -> list[Any] | None:
+        # an undefined node is None; it makes undefined what reads it, but a Piecewise reads
+        # its conditions in order and the branch it takes only
         env = list(xs)
         for i, (fn, ops_) in enumerate(steps, len(xs)):
             if fn is None:
                 env.append(consts[i])
                 continue
+            vals = [env[a] for a in ops_]
+            if fn is not _piecewise and any(v is None for v in vals):
+                env.append(None)
+                continue
             try:
-                env.append(fn(*[env[a] for a in ops_]))
+                env.append(fn(*vals))
             except _MP_ERRORS:
-                return None
+                env.append(None)
+        if any(env[o] is None for o in outs):
+            return None
         vals = [_real(env[o]) if not isinstance(env[o], bool) else env[o] for o in outs]
         return None if any(v is None for v in vals) else vals
 
@@ -300,9 +308,11 @@ def _product(*xs: Any) -> Any:
 
 def _piecewise(*xs: Any) -> Any:
     for value, cond in zip(xs[::2], xs[1::2], strict=True):
+        if cond is None:
+            return None
         if cond:
             return value
-    raise ValueError("no branch of a Piecewise applies")
+    return None  # no branch applies
 
 
 # ---- local derivative rules against sympy.diff ---------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .ir import Func
-from .oracles import first_bad_rule
+from .oracles import first_bad_rule, sympy_evaluator
 from .symbolic import sympy_module
 from .tiers import Agreement, Entry, Point, Subject, Tier, finite
 
@@ -196,30 +196,32 @@ def _fd_hessian(H: Any, p: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, list[
     return fd, steps
 
 
-def _lambdify(args: list[Any], exprs: Any) -> Any:
-    """``sympy.lambdify`` to mpmath of nested lists of expressions, made printable first."""
-    import mpmath
-
+def _lambdify(args: list[Any], exprs: list[list[Any]]) -> Any:
+    """Rows of expressions as one function of `args` on mpmath numbers (`sympy_evaluator`: each
+    shared node once, linear in their size; lambdify's printer can take minutes on nested Max
+    and Piecewise forms, and evaluate branches no condition takes)."""
     sp = sympy_module()
-    zoo = sp.Dummy("zoo")  # stands for sympy's zoo, which lambdify cannot print; passed nan
-
-    def printable(e: Any) -> Any:
-        return [printable(x) for x in e] if isinstance(e, list) else _printable(sp, e, zoo)
-
-    lam_z = sp.lambdify([*args, zoo], printable(exprs), modules="mpmath")
+    widths = [len(row) for row in exprs]
+    flat = [_printable(sp, e) for row in exprs for e in row]
+    run = sympy_evaluator(flat, args)
 
     def lam(*xs: Any) -> Any:
-        return lam_z(*xs, mpmath.nan)
+        vals = run(*xs)
+        if vals is None:
+            return None
+        rows, k = [], 0
+        for w in widths:
+            rows.append(vals[k:k + w])
+            k += w
+        return rows
 
     return lam
 
 
-def _printable(sp: Any, e: Any, zoo: Any) -> Any:
-    """`e` as mpmath can evaluate it: DiracDelta (from sqrt(x**2) = |x|) is 0 off its kink, and
-    zoo (log or 1/x of relu's 0 branch) becomes the Symbol `zoo`. Both sit at kinks or in
-    Piecewise branches that the sample points do not reach.
-    """
-    return e.replace(sp.DiracDelta, lambda *a: sp.S.Zero).xreplace({sp.zoo: zoo})
+def _printable(sp: Any, e: Any) -> Any:
+    """`e` as mpmath can evaluate it: DiracDelta (from sqrt(x**2) = |x|) is 0 off its kink,
+    where the sample points are (zoo, of log or 1/x in relu's 0 branch, is undefined)."""
+    return e.replace(sp.DiracDelta, lambda *a: sp.S.Zero)
 
 
 def _mp_eval(lam: Any, pt: Sequence[float]) -> list[list[float]] | None:
@@ -228,10 +230,9 @@ def _mp_eval(lam: Any, pt: Sequence[float]) -> list[list[float]] | None:
     import mpmath
 
     with mpmath.workdps(30):
-        try:
-            rows = lam(*[mpmath.mpf(x) for x in pt])
-        except (ZeroDivisionError, ValueError, TypeError, OverflowError):
-            return None
+        rows = lam(*[mpmath.mpf(x) for x in pt])
+    if rows is None:
+        return None
     out: list[list[float]] = []
     for r in rows:
         row = []

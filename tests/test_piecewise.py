@@ -319,6 +319,26 @@ def test_check_of_a_branch_guarded_by_where_where_the_other_is_undefined(method)
                  expected=sp.Piecewise((sp.log(A), A > 0), (A**3, True)))
 
 
+def test_check_of_nested_max_sqrt_and_where_is_symbolic_and_quick(monkeypatch) -> None:
+    # sympy's derivative of this 30-instruction graph nests Heaviside, Max and Piecewise:
+    # lambdify's printer took about a minute on it and its code compared complex numbers at
+    # every point, so nothing was compared; each node evaluated once agrees with the engine
+    a, b, c = Value(0.7, label="a"), Value(-1.2, label="b"), Value(0.4, label="c")
+    h = a
+    for _ in range(2):
+        h = (sg.maximum(h * b + c, abs(h - c + 0.1).sqrt())
+             + sg.where(h > c, (h * h + 1.0).log(), (b * h).tanh()))
+    r = sg.check(h, wrt=[a, b, c], backend="python")
+    assert r.method == "symbolic" and len(r.points) == 4 and r.compared == 12
+    # and were sympy's form undefined everywhere, method="auto" falls back to the numeric tier
+    from symgrad import symbolic_tiers
+
+    monkeypatch.setattr(symbolic_tiers, "_mp_eval", lambda lam, pt: None)
+    assert sg.check(h, wrt=[a, b, c], backend="python").method == "numeric"
+    with pytest.raises(ValueError, match="nothing was compared"):
+        sg.check(h, wrt=[a, b, c], backend="python", method="symbolic")
+
+
 def test_to_sympy_of_the_new_ops() -> None:
     import sympy as sp
 
