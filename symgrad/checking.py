@@ -151,8 +151,8 @@ def _check(out: Value | Sequence[Value], wrt: Sequence[Value] | None, inputs: Se
     tiers = plan(subject, method, directions, seed, expected)
     result = _run(subject, tiers, points, seed, tol)
     if result.compared == 0 and method == "auto" and result.method == "symbolic":
-        # mpmath could evaluate sympy's derivative at no point (some nested Piecewise and Max
-        # forms compare complex numbers as lambdified): the numeric tier needs no such form
+        # sympy's derivative was undefined at every point (a form mpmath cannot evaluate, a
+        # nan it folded in): the numeric tier needs no sympy form of the derivative
         tiers = plan(subject, "numeric", directions, seed, expected)
         result = _run(subject, tiers, points, seed, tol)
     _compared_expected(tiers)

@@ -36,7 +36,7 @@ class GradientTier(Tier):
         exprs = subject.expressions()
         wsyms = [subject.symbols[id(w)] for w in subject.wrt]
         targets = [[sp.diff(exprs[id(o)], w) for w in wsyms] for o in subject.outs]
-        self.oracle = _lambdify([subject.symbols[id(v)] for v in subject.leaves], targets)
+        self.oracle = _evaluator([subject.symbols[id(v)] for v in subject.leaves], targets)
 
     def entries(self, pt: Point) -> list[Entry] | None:
         """Each compiled and interpreted derivative against sympy's at `pt` (against each
@@ -105,7 +105,7 @@ class HessianTier(Tier):
         expr = subject.expressions()[id(subject.outs[0])]
         wsyms = [subject.symbols[id(w)] for w in subject.wrt]
         targets = [[sp.diff(expr, w) for w in wsyms], *sp.hessian(expr, wsyms).tolist()]
-        self.oracle = _lambdify([subject.symbols[id(v)] for v in subject.leaves], targets)
+        self.oracle = _evaluator([subject.symbols[id(v)] for v in subject.leaves], targets)
 
     def entries(self, pt: Point) -> list[Entry] | None:
         """The gradient against sympy; each Hessian entry against sympy and central
@@ -196,7 +196,7 @@ def _fd_hessian(H: Any, p: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, list[
     return fd, steps
 
 
-def _lambdify(args: list[Any], exprs: list[list[Any]]) -> Any:
+def _evaluator(args: list[Any], exprs: list[list[Any]]) -> Any:
     """Rows of expressions as one function of `args` on mpmath numbers (`sympy_evaluator`: each
     shared node once, linear in their size; lambdify's printer can take minutes on nested Max
     and Piecewise forms, and evaluate branches no condition takes)."""
