@@ -13,6 +13,7 @@ lazily. (The derivative tiers are in `symgrad.symbolic_tiers` and `symgrad.numer
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from functools import partial
@@ -23,7 +24,7 @@ import numpy as np
 from .ir import Const, Var, evaluate, instr_text, names
 from .layout import chunk_rows, n_chunks
 from .ops import OPS
-from .oracles import rule_values, sympy_evaluator
+from .oracles import DPS, rule_values, sympy_evaluator
 from .symbolic import sympy_module
 from .tiers import (
     Agreement,
@@ -280,19 +281,21 @@ class ExpectedTier(Tier):
         super().__init__(subject)
         sp = sympy_module()
         self.exprs = _expected_exprs(subject, expected, sp)
-        self.lam = sympy_evaluator(self.exprs, [subject.symbols[id(v)] for v in subject.leaves])
+        self.lams = _evaluators(self.exprs, [subject.symbols[id(v)] for v in subject.leaves])
         self.hp = subject.high_precision()
         self.compared = 0
+        self._proved: bool | None = None
 
     def proved(self) -> bool:
         """Whether sympy proves the graph equal to `expected` (small graphs only; tried after
         the points agreed, so a wrong model never waits for simplify)."""
-        if self.subject.size > self.PROOF_LIMIT:
-            return False
-        sp = sympy_module()
-        exprs = self.subject.expressions()
-        return all(sp.simplify(exprs[id(o)] - e) == 0
-                   for o, e in zip(self.subject.outs, self.exprs, strict=True))
+        if self._proved is None:
+            sp = sympy_module()
+            exprs = self.subject.expressions()
+            self._proved = self.subject.size <= self.PROOF_LIMIT and all(
+                sp.simplify(exprs[id(o)] - e) == 0
+                for o, e in zip(self.subject.outs, self.exprs, strict=True))
+        return self._proved
 
     def describe(self) -> str:
         """Whether a proof was found, and at how many points the values were compared."""
@@ -300,16 +303,19 @@ class ExpectedTier(Tier):
         return f"{self.name} ({how}compared at {self.compared} points)"
 
     def entries(self, pt: Point) -> list[Entry] | None:
-        """The graph's outputs against `expected`'s at `pt`, in high precision."""
+        """The graph's outputs against `expected`'s at `pt`, in high precision. Where the graph
+        is undefined there is nothing to compare; where it is defined and `expected` is not
+        (complex, infinite, nan), they are not the same function."""
         import mpmath
 
         got = self.hp.values(pt.values)
-        with mpmath.workdps(self.hp.dps):
-            want = self.lam(*map(mpmath.mpf, pt.values))
-        if got is None or want is None:
+        if got is None:
             return None
+        with mpmath.workdps(self.hp.dps):
+            want = [lam(*map(mpmath.mpf, pt.values)) for lam in self.lams]
         self.compared += 1
-        return [Entry((Agreement("the traced graph", float(g), "expected", float(w)),),
+        return [Entry((Agreement("the traced graph", float(g),
+                                 "expected", math.nan if w is None else float(w[0])),),
                       partial(self.report, k, pt), ModelMismatch)
                 for k, (g, w) in enumerate(zip(got, want, strict=True))]
 
@@ -323,11 +329,32 @@ class ExpectedTier(Tier):
         return "\n".join([
             f"model mismatch: {of}the traced graph is not the expected formula:",
             f"  traced graph  {fmt(ag.got)}",
-            f"  expected      {fmt(ag.want)}",
+            f"  expected      {fmt(ag.want) if not math.isnan(ag.want) else 'undefined here'}"
+            + (" (complex, infinite or nan)" if math.isnan(ag.want) else ""),
             f"  {pt.text()}",
             f"  graph:    {_short(graph)}",
             f"  expected: {_short(str(self.exprs[k]))}",
         ])
+
+
+def _evaluators(exprs: list[Any], args: list[Any]) -> list[Any]:
+    """One evaluator an output (each says alone where it is undefined), tried once at the origin:
+    a formula mpmath cannot evaluate (an undefined function, an unevaluated Derivative) is a
+    TypeError here, not a traceback from sympy's printer at the first point."""
+    import mpmath
+
+    try:
+        lams = [sympy_evaluator([e], args) for e in exprs]
+        with mpmath.workdps(DPS):
+            for lam in lams:
+                lam(*[mpmath.mpf(0)] * len(args))
+    except Exception as e:  # sympy's printer and lambdify raise many kinds
+        why = (str(e).splitlines() or [""])[0]
+        raise TypeError(
+            f"check: expected cannot be evaluated numerically ({type(e).__name__}: {why}); use "
+            "functions with a numeric value (call .doit() on a Derivative, Integral or Sum)"
+        ) from None
+    return lams
 
 
 def _short(text: str, width: int = 160) -> str:
@@ -344,6 +371,10 @@ def _expected_exprs(subject: Subject, expected: Any, sp: Any) -> list[Any]:
         exprs = [sp.sympify(e, strict=True) for e in items]
     except (sp.SympifyError, TypeError) as e:
         raise TypeError(f"check: expected must be sympy expressions ({e})") from None
+    for e in exprs:
+        if isinstance(e, sp.MatrixBase) or not isinstance(e, (sp.Expr, sp.logic.boolalg.Boolean)):
+            raise TypeError("check: expected must be sympy expressions, one per output (a list "
+                            f"for several outputs), got {type(e).__name__}")
     varying = {id(v) for v in subject.leaves}
     by_name: dict[str, Any] = {}
     for key, sym in subject.symbols.items():

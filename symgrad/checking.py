@@ -15,6 +15,7 @@ oracle (``"numeric"``: any size, linear in it); each kind of instruction's local
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -145,9 +146,22 @@ def check(
 def _check(out: Value | Sequence[Value], wrt: Sequence[Value] | None, inputs: Sequence[Value],
            expected: Any, tol: Tolerance, points: int, directions: int, seed: int, backend: str,
            order: int, method: str) -> CheckResult:
-    _validate(order, method, points, directions)
+    _validate(order, method, points, directions, seed, tol)
     subject = Subject(as_outputs(out), wrt, inputs, backend, order, tol)
     tiers = plan(subject, method, directions, seed, expected)
+    result = _run(subject, tiers, points, seed, tol)
+    if result.compared == 0 and method == "auto" and result.method == "symbolic":
+        # sympy's derivative was undefined at every point (a form mpmath cannot evaluate, a
+        # nan it folded in): the numeric tier needs no sympy form of the derivative
+        tiers = plan(subject, "numeric", directions, seed, expected)
+        result = _run(subject, tiers, points, seed, tol)
+    _compared_expected(tiers)
+    return _nonempty(result, subject)
+
+
+def _run(subject: Subject, tiers: list[Tier], points: int, seed: int,
+         tol: Tolerance) -> CheckResult:
+    """Every tier at every point; the score."""
     result = CheckResult(method="symbolic" if any(isinstance(t, (GradientTier, HessianTier))
                                                   for t in tiers) else "numeric")
     counts = dict.fromkeys(tiers, 0)
@@ -164,7 +178,7 @@ def _check(out: Value | Sequence[Value], wrt: Sequence[Value] | None, inputs: Se
     result.directions = sum(getattr(t, "used", 0) for t in tiers)
     result.tiers = {t.name: n for t, n in counts.items()}
     result.details = {t.name: t.describe() for t in tiers}
-    return _nonempty(result)
+    return result
 
 
 def plan(subject: Subject, method: str, directions: int, seed: int, expected: Any) -> list[Tier]:
@@ -197,14 +211,20 @@ def _symbolic_tier(subject: Subject, method: str) -> Tier | None:
         ) from None
 
 
-def _validate(order: int, method: str, points: int, directions: int) -> None:
-    if order not in (1, 2):
+def _validate(order: int, method: str, points: int, directions: int, seed: int,
+              tol: Tolerance) -> None:
+    if isinstance(order, bool) or order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    for name, n, least in (("points", points, 0), ("directions", directions, 1)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < least:
+    for name, n, least in (("points", points, 0), ("directions", directions, 1),
+                           ("seed", seed, 0)):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < least:
             raise ValueError(f"{name} must be an int >= {least}, got {n!r}")
+    for name, x in (("rtol", tol.rtol), ("atol", tol.atol)):
+        # a nan or negative tolerance fails every comparison that is not bit for bit
+        if isinstance(x, bool) or not isinstance(x, (int, float, np.floating)) or not x >= 0:
+            raise ValueError(f"{name} must be a number >= 0, got {x!r}")
 
 
 def _compare(entry: Entry, result: CheckResult, tol: Tolerance, scored: bool) -> int:
@@ -236,15 +256,30 @@ def _compare(entry: Entry, result: CheckResult, tol: Tolerance, scored: bool) ->
     return n
 
 
-def _nonempty(result: CheckResult) -> CheckResult:
+def _nonempty(result: CheckResult, subject: Subject) -> CheckResult:
     """A check that compared no derivative must not pass silently."""
     if result.compared == 0:
+        bad = [f"{name} = {subject.leaf(k).data!r}" for k, name in subject.symbols.items()
+               if not math.isfinite(subject.leaf(k).data)]
         raise ValueError(
             "check: nothing was compared: at every point tried (the leaves' values and the random "
             "points) some value or derivative was nan or inf, or the oracle undefined there; "
-            "move the leaves into the functions' domains or raise `points`"
+            + (f"leaves that are not finite: {', '.join(bad)} (the random points are drawn "
+               "around the leaves' values; a frozen leaf keeps its own)" if bad else
+               "move the leaves into the functions' domains or raise `points`")
         )
     return result
+
+
+def _compared_expected(tiers: list[Tier]) -> None:
+    """`expected` that no point compared and no proof settled must not pass silently."""
+    for t in tiers:
+        if isinstance(t, ExpectedTier) and t.compared == 0 and not t.proved():
+            raise ValueError(
+                "check: expected was compared at no point: the traced graph is undefined "
+                "(complex, nan or inf in high precision) at every point tried; move the leaves "
+                "into its domain or raise `points`"
+            )
 
 
 def _sample_points(subject: Subject, points: int, seed: int) -> list[Point]:

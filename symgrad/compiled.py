@@ -590,16 +590,18 @@ def _nonfinite_story(func: Func, args: Sequence[float], roles: Sequence[str]) ->
         return ", ".join(f"{atom_text(a, nm)} = {val(a)!r}" for a in ins.args)
 
     facts: list[str] = []
-    born = inf_to_nan = False
+    born = nan_born = inf_to_nan = False
     for i, ins in enumerate(func.body):
         v = env[ins.out]
         if math.isfinite(v):
             continue
         xs = [val(a) for a in ins.args]
         where = f"instruction {i} `{instr_text(ins, nm)}`"
-        if not born and all(math.isfinite(x) for x in xs):
-            born = True
-            facts.append(f"{where} gives {v!r} from {operands(ins)}")
+        if all(math.isfinite(x) for x in xs):
+            # the first birth, and the first nan born from finite numbers (0 / 0) after an inf
+            if not born or (math.isnan(v) and not nan_born):
+                facts.append(f"{where} gives {v!r} from {operands(ins)}")
+            born, nan_born = True, nan_born or math.isnan(v)
         elif not inf_to_nan and math.isnan(v) and not any(math.isnan(x) for x in xs):
             inf_to_nan = True
             facts.append(f"{where} turns inf into nan: gives {v!r} from {operands(ins)}")
@@ -608,6 +610,10 @@ def _nonfinite_story(func: Func, args: Sequence[float], roles: Sequence[str]) ->
                 if a in used and not math.isfinite(env[a])]
     if bad_args:
         facts.append(f"non-finite arguments read: {', '.join(bad_args)}")
+    unread = [f"{nm[a]} = {env[a]!r}" for a in func.args
+              if a not in used and not math.isfinite(env[a])]
+    if unread:  # "all values finite" would hide them
+        facts.append(f"non-finite arguments not read: {', '.join(unread)}")
     bad = [f"{role} = {val(r)!r}" for role, r in zip(roles, func.results, strict=True)
            if not math.isfinite(val(r))]
     if bad:

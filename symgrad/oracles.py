@@ -23,7 +23,7 @@ from typing import Any
 
 from .engine import Value, topological_order
 from .ir import Const, Func, Var, evaluate, instr_text, names
-from .ops import OPS, OpDef
+from .ops import OPS, WHERE, OpDef
 from .symbolic import sympy_module
 
 __all__ = [
@@ -80,7 +80,7 @@ class HighPrecision:
         slot: dict[int, int] = {id(v): i for i, v in enumerate(leaves)}
         self.n_leaves = len(leaves)
         self.consts: list[float] = []
-        self.steps: list[tuple[Callable[..., Any], tuple[int, ...]]] = []
+        self.steps: list[tuple[Callable[..., Any], tuple[int, ...], bool]] = []
         self.kinked: list[tuple[OpDef, tuple[int, ...]]] = []  # (op, operand slots)
         nodes = [v for v in topological_order(outs) if id(v) not in slot]
         consts = [v for v in nodes if not v._prev]
@@ -97,28 +97,33 @@ class HighPrecision:
             args = tuple(slot[id(c)] for c in v._prev)
             if op.kinks:
                 self.kinked.append((op, args))
-            self.steps.append((mp_function(op.name, params), args))
+            self.steps.append((mp_function(op.name, params), args, op is WHERE))
             slot[id(v)] = len(slot)
         self.outs = [slot[id(o)] for o in outs]
         self._center: tuple[tuple[float, ...] | None, tuple[int, ...] | None] = (None, None)
 
     def run(self, xs: Sequence[Any]) -> list[Any] | None:
-        """Every slot's value at leaf values `xs` (floats or mpf), or None where anything is
-        undefined, complex or not finite."""
+        """Every slot's value at leaf values `xs` (floats or mpf), None for a slot that is
+        undefined, complex or not finite; None where an output is. An op reading an undefined
+        slot is undefined, except `where`, which reads its condition and the branch it takes
+        only (``where(x > 0, log(x), 0)`` is defined at x < 0)."""
         import mpmath
 
         with mpmath.workdps(self.dps):
-            env = [mpmath.mpf(x) for x in xs] + [mpmath.mpf(c) for c in self.consts]
-            for fn, args in self.steps:
-                try:
-                    r = fn(*[env[a] for a in args])
-                except _MP_ERRORS:
-                    return None
-                r = _real(r)
-                if r is None:
-                    return None
+            env: list[Any] = [mpmath.mpf(x) for x in xs] + [mpmath.mpf(c) for c in self.consts]
+            for fn, args, select in self.steps:
+                vals = [env[a] for a in args]
+                if select and vals[0] is not None:
+                    # its lambdified Piecewise evaluates the branch it takes only
+                    vals = [vals[0], *(mpmath.nan if v is None else v for v in vals[1:])]
+                r = None
+                if all(v is not None for v in vals):
+                    try:
+                        r = _real(fn(*vals))
+                    except _MP_ERRORS:
+                        r = None
                 env.append(r)
-        return env
+        return None if any(env[o] is None for o in self.outs) else env
 
     def values(self, xs: Sequence[Any]) -> list[Any] | None:
         """The outputs at `xs`, or None."""
@@ -128,8 +133,14 @@ class HighPrecision:
     def sides(self, env: list[Any]) -> tuple[int, ...]:
         """Where each kinked op is relative to its kinks (below, at, above), by its kink
         coordinate (the operand, or e.g. the difference of max's operands)."""
-        return tuple((d > 0) - (d < 0) for op, args in self.kinked
-                     for d in op.kink_offsets(*[env[a] for a in args]))
+        out: list[int] = []
+        for op, args in self.kinked:
+            vals = [env[a] for a in args]
+            if any(v is None for v in vals):  # undefined: a side of its own
+                out.append(2)
+                continue
+            out += [(d > 0) - (d < 0) for d in op.kink_offsets(*vals)]
+        return tuple(out)
 
     def _center_sides(self, xs: Sequence[float]) -> tuple[int, ...] | None:
         """`sides` at `xs` (None where undefined), remembered for the last point asked about:
@@ -215,7 +226,7 @@ def sympy_evaluator(exprs: Sequence[Any], args: Sequence[Any]) -> Callable[..., 
                 continue
             stack.pop()
             slot[e] = len(args) + len(steps)
-            if e.is_Number or e.is_NumberSymbol or e is sp.true or e is sp.false:
+            if (e.is_Atom and e.is_number) or e is sp.true or e is sp.false:
                 consts[slot[e]] = _mp_constant(sp, e)
                 steps.append((None, ()))
             else:
@@ -225,15 +236,23 @@ def sympy_evaluator(exprs: Sequence[Any], args: Sequence[Any]) -> Callable[..., 
     outs = [visit(e) for e in exprs]
 
     def run(*xs: Any) -> list[Any] | None:
+        # an undefined node is None; it makes undefined what reads it, but a Piecewise reads
+        # its conditions in order and the branch it takes only
         env = list(xs)
         for i, (fn, ops_) in enumerate(steps, len(xs)):
             if fn is None:
                 env.append(consts[i])
                 continue
+            vals = [env[a] for a in ops_]
+            if fn is not _piecewise and any(v is None for v in vals):
+                env.append(None)
+                continue
             try:
-                env.append(fn(*[env[a] for a in ops_]))
+                env.append(fn(*vals))
             except _MP_ERRORS:
-                return None
+                env.append(None)
+        if any(env[o] is None for o in outs):
+            return None
         vals = [_real(env[o]) if not isinstance(env[o], bool) else env[o] for o in outs]
         return None if any(v is None for v in vals) else vals
 
@@ -251,6 +270,8 @@ def _mp_constant(sp: Any, e: Any) -> Any:
 
     if e is sp.true or e is sp.false:
         return bool(e)
+    if not (e.is_finite and e.is_extended_real):  # oo, zoo, nan, I: undefined where read
+        return mpmath.nan
     with mpmath.workdps(DPS + 10):  # built once, used at any precision up to DPS
         if e.is_Rational:
             return mpmath.mpf(int(e.p)) / int(e.q)
@@ -287,9 +308,11 @@ def _product(*xs: Any) -> Any:
 
 def _piecewise(*xs: Any) -> Any:
     for value, cond in zip(xs[::2], xs[1::2], strict=True):
+        if cond is None:
+            return None
         if cond:
             return value
-    raise ValueError("no branch of a Piecewise applies")
+    return None  # no branch applies
 
 
 # ---- local derivative rules against sympy.diff ---------------------------------------------------

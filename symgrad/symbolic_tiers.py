@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .ir import Func
-from .oracles import first_bad_rule
+from .oracles import first_bad_rule, sympy_evaluator
 from .symbolic import sympy_module
 from .tiers import Agreement, Entry, Point, Subject, Tier, finite
 
@@ -36,7 +36,7 @@ class GradientTier(Tier):
         exprs = subject.expressions()
         wsyms = [subject.symbols[id(w)] for w in subject.wrt]
         targets = [[sp.diff(exprs[id(o)], w) for w in wsyms] for o in subject.outs]
-        self.oracle = _lambdify([subject.symbols[id(v)] for v in subject.leaves], targets)
+        self.oracle = _evaluator([subject.symbols[id(v)] for v in subject.leaves], targets)
 
     def entries(self, pt: Point) -> list[Entry] | None:
         """Each compiled and interpreted derivative against sympy's at `pt` (against each
@@ -46,9 +46,12 @@ class GradientTier(Tier):
         if kink:
             return self.engine_only(pt, kink)
         g_comp = s.compiled(pt)["gradient"]
-        _, g_int = s.engine(pt)
+        v_int, g_int = s.engine(pt)
+        # a nan or inf value (a frozen leaf's nan) makes sympy's expression nan, its diff 0
+        if not (finite(v_int) and finite(g_int)):
+            return None
         g_sym = _mp_eval(self.oracle, pt.values)
-        if g_sym is None or not finite(g_int):
+        if g_sym is None:
             return None
         return [
             Entry(
@@ -102,7 +105,7 @@ class HessianTier(Tier):
         expr = subject.expressions()[id(subject.outs[0])]
         wsyms = [subject.symbols[id(w)] for w in subject.wrt]
         targets = [[sp.diff(expr, w) for w in wsyms], *sp.hessian(expr, wsyms).tolist()]
-        self.oracle = _lambdify([subject.symbols[id(v)] for v in subject.leaves], targets)
+        self.oracle = _evaluator([subject.symbols[id(v)] for v in subject.leaves], targets)
 
     def entries(self, pt: Point) -> list[Entry] | None:
         """The gradient against sympy; each Hessian entry against sympy and central
@@ -113,8 +116,10 @@ class HessianTier(Tier):
             return self.engine_only(pt, kink)
         r = s.compiled(pt)
         g, h = r["gradient"][0], r["hessian"]
+        if not (finite(s.engine(pt)[0]) and finite(g) and finite(h)):
+            return None  # as for the gradient: sympy's expression of a nan value is nan
         sym = _mp_eval(self.oracle, pt.values)
-        if sym is None or not (finite(g) and finite(h)):
+        if sym is None:
             return None
         g_sym, h_sym = sym[0], sym[1:]
         fd, steps = _fd_hessian(s.program, pt.params, pt.inputs)
@@ -191,30 +196,32 @@ def _fd_hessian(H: Any, p: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, list[
     return fd, steps
 
 
-def _lambdify(args: list[Any], exprs: Any) -> Any:
-    """``sympy.lambdify`` to mpmath of nested lists of expressions, made printable first."""
-    import mpmath
-
+def _evaluator(args: list[Any], exprs: list[list[Any]]) -> Any:
+    """Rows of expressions as one function of `args` on mpmath numbers (`sympy_evaluator`: each
+    shared node once, linear in their size; lambdify's printer can take minutes on nested Max
+    and Piecewise forms, and evaluate branches no condition takes)."""
     sp = sympy_module()
-    zoo = sp.Dummy("zoo")  # stands for sympy's zoo, which lambdify cannot print; passed nan
-
-    def printable(e: Any) -> Any:
-        return [printable(x) for x in e] if isinstance(e, list) else _printable(sp, e, zoo)
-
-    lam_z = sp.lambdify([*args, zoo], printable(exprs), modules="mpmath")
+    widths = [len(row) for row in exprs]
+    flat = [_printable(sp, e) for row in exprs for e in row]
+    run = sympy_evaluator(flat, args)
 
     def lam(*xs: Any) -> Any:
-        return lam_z(*xs, mpmath.nan)
+        vals = run(*xs)
+        if vals is None:
+            return None
+        rows, k = [], 0
+        for w in widths:
+            rows.append(vals[k:k + w])
+            k += w
+        return rows
 
     return lam
 
 
-def _printable(sp: Any, e: Any, zoo: Any) -> Any:
-    """`e` as mpmath can evaluate it: DiracDelta (from sqrt(x**2) = |x|) is 0 off its kink, and
-    zoo (log or 1/x of relu's 0 branch) becomes the Symbol `zoo`. Both sit at kinks or in
-    Piecewise branches that the sample points do not reach.
-    """
-    return e.replace(sp.DiracDelta, lambda *a: sp.S.Zero).xreplace({sp.zoo: zoo})
+def _printable(sp: Any, e: Any) -> Any:
+    """`e` as mpmath can evaluate it: DiracDelta (from sqrt(x**2) = |x|) is 0 off its kink,
+    where the sample points are (zoo, of log or 1/x in relu's 0 branch, is undefined)."""
+    return e.replace(sp.DiracDelta, lambda *a: sp.S.Zero)
 
 
 def _mp_eval(lam: Any, pt: Sequence[float]) -> list[list[float]] | None:
@@ -223,10 +230,9 @@ def _mp_eval(lam: Any, pt: Sequence[float]) -> list[list[float]] | None:
     import mpmath
 
     with mpmath.workdps(30):
-        try:
-            rows = lam(*[mpmath.mpf(x) for x in pt])
-        except (ZeroDivisionError, ValueError, TypeError, OverflowError):
-            return None
+        rows = lam(*[mpmath.mpf(x) for x in pt])
+    if rows is None:
+        return None
     out: list[list[float]] = []
     for r in rows:
         row = []

@@ -21,7 +21,7 @@ import numpy as np
 
 from .engine import Value, topological_order
 from .ir import Const, Func, Var, evaluate, instr_text, names
-from .ops import OPS
+from .ops import OPS, OpDef
 from .oracles import HighPrecision, engine_at
 from .symbolic import expressions, leaf_symbols
 
@@ -73,6 +73,13 @@ def same(a: Any, b: Any) -> Any:
     """Equal numbers (0.0 and -0.0 alike), or two nans: elementwise."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return (a == b) | (np.isnan(a) & np.isnan(b))
+
+
+def identical(a: Any, b: Any) -> Any:
+    """Bit for bit, a nan's sign aside (the exactness contract): as `same`, but 0.0 and -0.0
+    differ (1 / x tells them apart); elementwise."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return same(a, b) & (np.signbit(a) == np.signbit(b)) | (np.isnan(a) & np.isnan(b))
 
 
 @dataclass(frozen=True)
@@ -183,7 +190,7 @@ class Subject:
     def same(self, a: Any, b: Any) -> Any:
         """The test between two runs of symgrad: bit for bit on an exact executor, else
         check's tolerance."""
-        return same(a, b) if self.exact else self.tol.close(a, b)
+        return identical(a, b) if self.exact else self.tol.close(a, b)
 
     def engine(self, pt: Point) -> tuple[list[float], list[list[float]]]:
         """The interpreted engine's values and gradients at `pt`."""
@@ -243,13 +250,26 @@ class Subject:
 def _first_on_kink(func: Func, values: Sequence[float]) -> str | None:
     env: dict[Var, float] = {}
     evaluate(func, list(values), env)
+    steady: set[Var] = set()
     for ins in func.body:
         op = OPS[ins.op]
-        if op.kinks:
+        if _flat(op) or all(isinstance(a, Const) or a in steady for a in ins.args):
+            steady.add(ins.out)
+        # a kink whose coordinate reads only steady values cannot be crossed: where(x > 0, ...)
+        # with x < 0 takes its second branch all around the point, no convention involved
+        reads = ins.args[:1] if op.kink_coordinate is None else ins.args
+        if op.kinks and any(isinstance(a, Var) and a not in steady for a in reads):
             vals = [a.value if isinstance(a, Const) else env[a] for a in ins.args]
             if 0.0 in op.kink_offsets(*vals):
                 return instr_text(ins, names(func))
     return None
+
+
+def _flat(op: OpDef) -> bool:
+    """Whether `op`'s derivative is zero by every operand (a comparison, step, sign): its result
+    is constant near any point off its kinks (and on one it is itself the kink)."""
+    ones = [1.0] * op.arity
+    return all(c is None for c in op.vjp(1.0, 1.0, *ones, **dict.fromkeys(op.params, 1.0)))
 
 
 def _build(outs: tuple[Value, ...], wrt: Sequence[Value] | None, inputs: Sequence[Value],

@@ -9,6 +9,7 @@ one thing on purpose and asserts that check names it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import re
 import subprocess
@@ -226,6 +227,18 @@ def test_a_wrong_rule_of_an_op_the_graph_barely_uses_is_caught_by_the_rules_tier
     assert "`v1 = exp(a)`" in msg or "exp(a)" in msg
 
 
+def test_a_zero_of_the_wrong_sign_on_an_exact_backend_fails(monkeypatch) -> None:
+    # x + 0.0 -> x is not exact (-0.0 + 0.0 is 0.0): a pass that used it gives -0.0 where the
+    # engine gives 0.0, which 1 / x tells apart; bit for bit means the sign of zero too
+    from symgrad import passes
+
+    wrong = (*passes.SIMPLIFY_RULES, passes.Rule("x+0.0", "x", "wrong for x = -0.0"))
+    monkeypatch.setattr(passes, "_RULES", passes._compile(wrong))
+    a = sg.Value(-0.0, label="a")
+    with pytest.raises(sg.ValueMismatch, match=r"(?s)single call +-0\.0\n +the engine +0\.0"):
+        sg.check((a + 0.0) * 2.0, wrt=[a], backend="python")
+
+
 # ---- expected= -----------------------------------------------------------------------------------
 
 
@@ -283,6 +296,61 @@ def test_expected_with_unknown_symbols_or_the_wrong_count_is_refused() -> None:
         sg.check(o, wrt=wrt, inputs=inputs, backend="python", expected=object())
 
 
+@pytest.mark.parametrize("wrong", ["log(-a)", "a*b + I", "nan", "zoo", "oo", "a*b/(a - a)"])
+def test_expected_undefined_where_the_graph_is_defined_is_the_wrong_model(wrong) -> None:
+    # a formula that is complex, infinite or nan where the traced graph has a real value is not
+    # that graph: it must not be skipped at every point and pass
+    a, b = sg.Value(1.5, label="a"), sg.Value(-0.5, label="b")
+    A, B = sp.symbols("a b")
+    expected = sp.sympify(wrong, locals={"a": A, "b": B})
+    out = a.log() if "log" in wrong else a * b
+    with pytest.raises(sg.ModelMismatch, match=r"(?m)^  expected +undefined here"):
+        sg.check(out, wrt=[a, b], backend="python", expected=expected)
+
+
+def test_expected_the_graph_leaves_undefined_everywhere_is_refused(monkeypatch) -> None:
+    from symgrad.oracles import HighPrecision
+
+    a, b = sg.Value(1.5, label="a"), sg.Value(-0.5, label="b")
+    A, B = sp.symbols("a b")
+    monkeypatch.setattr(HighPrecision, "values", lambda self, xs: None)
+    with pytest.raises(ValueError, match="expected was compared at no point"):
+        sg.check(a * b, wrt=[a, b], backend="python", expected=A + B)
+    # a proof settles it without points
+    assert "proved" in sg.check(a * b, wrt=[a, b], backend="python",
+                                expected=A * B).details["expected"]
+
+
+@pytest.mark.parametrize("expected", [sp.Matrix([sp.Symbol("a")]), {"a": 1}])
+def test_expected_that_is_no_expression_is_a_type_error(expected) -> None:
+    a = sg.Value(1.5, label="a")
+    with pytest.raises(TypeError, match="expected must be sympy expressions, one per output"):
+        sg.check(a * a, wrt=[a], backend="python", expected=expected)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_a_nan_leaf_is_named_and_is_no_false_gradient_mismatch(order) -> None:
+    # b*b + n with n frozen at nan: the engine's d/db is 2b, but sympy's b**2 + nan is nan and
+    # its derivative 0; with every value nan nothing can be compared, and the message says why
+    b, n = sg.Value(2.0, label="b"), sg.Value(math.nan, label="n")
+    for out, wrt in ((b * b + n, [b]), (n * b, [n, b])):
+        with pytest.raises(ValueError, match=r"nothing was compared.*not finite: n = nan"):
+            sg.check(out, wrt=wrt, backend="python", order=order)
+
+
+@pytest.mark.parametrize("expected", [
+    sp.Function("f")(sp.Symbol("a")),
+    sp.Derivative(sp.Symbol("a") ** 3 / 3, sp.Symbol("a")),
+    sp.Sum(sp.Symbol("a") ** 2, (sp.Symbol("k"), 1, 1)),
+])
+def test_expected_that_mpmath_cannot_evaluate_is_a_type_error(expected) -> None:
+    a = sg.Value(1.5, label="a")
+    with pytest.raises(TypeError, match=r"expected cannot be evaluated numerically .*\.doit\(\)"):
+        sg.check(a * a, wrt=[a], backend="python", expected=expected)
+    if not isinstance(expected, sp.core.function.AppliedUndef):  # what the message advises
+        sg.check(a * a, wrt=[a], backend="python", expected=expected.doit())
+
+
 # ---- arguments -----------------------------------------------------------------------------------
 
 
@@ -299,6 +367,12 @@ def test_nothing_to_differentiate_by_is_said_as_such() -> None:
     ({"points": -1}, "points must be an int >= 0"),
     ({"directions": 0}, "directions must be an int >= 1"),
     ({"order": 3}, "order must be 1 or 2"),
+    ({"order": True}, "order must be 1 or 2"),
+    ({"seed": "x"}, "seed must be an int >= 0"),
+    ({"seed": 1.5}, "seed must be an int >= 0"),
+    ({"rtol": "1e-7"}, "rtol must be a number >= 0"),
+    ({"rtol": float("nan")}, "rtol must be a number >= 0"),
+    ({"atol": -1.0}, "atol must be a number >= 0"),
 ])
 def test_bad_check_arguments(kwargs: dict, match: str) -> None:
     a = sg.Value(1.0, label="a")

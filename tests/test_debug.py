@@ -1,6 +1,9 @@
-"""SYMGRAD_DEBUG prints the IR after each pass (1) and the generated source too (2)."""
+"""SYMGRAD_DEBUG prints the IR after each pass (1) and the generated source too (2); `f.debug`
+tells where nan and inf come from (more of it in test_robustness.py)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
@@ -30,3 +33,29 @@ def test_debug_off_prints_nothing(monkeypatch, capsys):
     a, out = _build()
     sg.compile(out, wrt=[a], backend="python")
     assert capsys.readouterr().err == ""
+
+
+def test_f_debug_calls_a_nan_from_finite_numbers_a_birth_not_an_inf_turned_nan():
+    # where(a > 0, log(a), b) at a = 0: log gives -inf (discarded by where), then the gradient's
+    # log'(a) = 0 / a gives nan from 0.0 and 0.0, both finite: no inf is turned into nan there
+    a, b = sg.Value(0.0, label="a"), sg.Value(2.0, label="b")
+    f = sg.compile(sg.where(a > 0, a.log(), b), wrt=[a, b], backend="python")
+    value, grad = f()
+    assert value == 2.0 and math.isnan(grad[0])
+    lines = f.debug().split("value and gradient: ")[1].splitlines()
+    assert lines[0].startswith("instruction 1 `v1 = log(a)` gives -inf from a = 0.0")
+    assert "gives nan from" in lines[1] and "div(" in lines[1] and "a = 0.0" in lines[1]
+    assert "inf into nan" not in f.debug()
+    assert lines[-1].strip() == "results not finite: d/d(a) = nan"
+
+
+def test_f_debug_never_calls_an_unread_inf_argument_finite():
+    # x0 is a parameter the outputs do not read: its inf reaches no result, but "all values
+    # finite" would be false
+    x0, x1 = sg.Value(math.inf, label="x0"), sg.Value(0.0, label="x1")
+    f = sg.compile([abs(x1), x1], wrt=[x0, x1], backend="python")
+    report = f.debug()
+    assert "all values finite" not in report
+    assert "params: not finite: [0] x0 = inf" in report
+    assert "non-finite arguments not read: x0 = inf" in report
+    assert "every result is finite" in report

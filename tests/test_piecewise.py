@@ -8,6 +8,7 @@ too. The op table's rows themselves are checked in test_ops.py.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -310,6 +311,63 @@ def test_a_graph_sympy_cannot_differentiate_is_checked_numerically(monkeypatch) 
     assert r.method == "numeric" and r.directions > 0
     with pytest.raises(ValueError, match=r"sympy could not differentiate.*method='numeric'"):
         sg.check(out, wrt=[x], backend="python", method="symbolic")
+
+
+@pytest.mark.parametrize("method", ["symbolic", "numeric"])
+def test_a_false_condition_is_no_kink_and_a_wrong_branch_is_caught(method, monkeypatch) -> None:
+    # where(a > 0, ...) at a < 0 takes its second branch all around the point: the condition is
+    # 0.0 but cannot move, so the derivative there has an oracle; a rule that doubles the second
+    # branch's derivative must fail against it, not pass against the engine that shares it
+    a, c = Value(-1.5, label="a"), Value(0.4, label="c")
+    leaky = sg.where(a > 0, a, 0.01 * a) + sg.where((a > -9.0) * (c < 0.0), a, c * a)
+    r = sg.check(leaky, wrt=[a, c], backend="python", method=method)
+    assert r.kinks == [] and "on a kink" not in str(r)
+    where = ops.OPS["where"]
+    doubled = dataclasses.replace(
+        where, vjp=lambda ct, out, c, x, y: (None, where(c, ct, 0.0), where(c, 0.0, 2.0 * ct)))
+    monkeypatch.setitem(ops.OPS, "where", doubled)
+    monkeypatch.setattr(ops, "WHERE", doubled)
+    a = Value(-1.5, label="a")
+    with pytest.raises(sg.GradientMismatch, match=r"(?s)/d\(a\).*where\(v0, a, v1\)"):
+        sg.check(doubled(a > 0, a, 0.01 * a), wrt=[a], backend="python", method=method)
+
+
+@pytest.mark.parametrize("method", ["symbolic", "numeric"])
+def test_check_of_a_branch_guarded_by_where_where_the_other_is_undefined(method) -> None:
+    # where(a > 0, log(a), a*a) at a < 0: log's nan is never taken, so the model is defined
+    # there; the high-precision oracle must not call it undefined (nothing compared, or a wrong
+    # expected skipped)
+    import sympy as sp
+
+    a = Value(-1.5, label="a")
+    out = sg.where(a > 0, a.log(), a * a)
+    A = sp.Symbol("a")
+    r = sg.check(out, wrt=[a], backend="python", method=method, points=2,
+                 expected=sp.Piecewise((sp.log(A), A > 0), (A**2, True)))
+    assert r.tiers["expected"] == 3 and len(r.points) == 3
+    with pytest.raises(sg.ModelMismatch, match=r"(?m)^  expected +-3\.375"):
+        sg.check(out, wrt=[a], backend="python", method=method,
+                 expected=sp.Piecewise((sp.log(A), A > 0), (A**3, True)))
+
+
+def test_check_of_nested_max_sqrt_and_where_is_symbolic_and_quick(monkeypatch) -> None:
+    # sympy's derivative of this 30-instruction graph nests Heaviside, Max and Piecewise:
+    # lambdify's printer took about a minute on it and its code compared complex numbers at
+    # every point, so nothing was compared; each node evaluated once agrees with the engine
+    a, b, c = Value(0.7, label="a"), Value(-1.2, label="b"), Value(0.4, label="c")
+    h = a
+    for _ in range(2):
+        h = (sg.maximum(h * b + c, abs(h - c + 0.1).sqrt())
+             + sg.where(h > c, (h * h + 1.0).log(), (b * h).tanh()))
+    r = sg.check(h, wrt=[a, b, c], backend="python")
+    assert r.method == "symbolic" and len(r.points) == 4 and r.compared == 12
+    # and were sympy's form undefined everywhere, method="auto" falls back to the numeric tier
+    from symgrad import symbolic_tiers
+
+    monkeypatch.setattr(symbolic_tiers, "_mp_eval", lambda lam, pt: None)
+    assert sg.check(h, wrt=[a, b, c], backend="python").method == "numeric"
+    with pytest.raises(ValueError, match="nothing was compared"):
+        sg.check(h, wrt=[a, b, c], backend="python", method="symbolic")
 
 
 def test_to_sympy_of_the_new_ops() -> None:
