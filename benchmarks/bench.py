@@ -894,7 +894,12 @@ def versions() -> str:
 
 
 def blas() -> str:
-    """NumPy's BLAS and the thread settings it reads at start (the limit's threads)."""
+    """NumPy's BLAS and the thread settings it read at start (the limit's threads): read at
+    import, since starting a dask cluster sets them to 1 in this process's environment."""
+    return _BLAS
+
+
+def _blas_at_start() -> str:
     try:
         info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         name = f"{info.get('name', '?')} {info.get('version', '')}".strip()
@@ -903,6 +908,9 @@ def blas() -> str:
     env = [f"{v}={os.environ[v]}" for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                             "MKL_NUM_THREADS") if v in os.environ]
     return f"{name}, threads: {', '.join(env) if env else 'default (no *_NUM_THREADS set)'}"
+
+
+_BLAS = _blas_at_start()
 
 
 def header(args: argparse.Namespace, rounds: int) -> str:
