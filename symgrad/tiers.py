@@ -12,6 +12,7 @@ object's numbers at each `Point`. A `Tier` lists `Entry`s at a point: each a gro
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import numpy as np
 
 from .engine import Value, topological_order
 from .ir import Const, Func, Var, evaluate, instr_text, names
-from .ops import OPS, OpDef
+from .ops import OPS
 from .oracles import HighPrecision, engine_at
 from .symbolic import expressions, leaf_symbols
 
@@ -253,7 +254,7 @@ def _first_on_kink(func: Func, values: Sequence[float]) -> str | None:
     steady: set[Var] = set()
     for ins in func.body:
         op = OPS[ins.op]
-        if _flat(op) or all(isinstance(a, Const) or a in steady for a in ins.args):
+        if _flat(ins.op) or all(isinstance(a, Const) or a in steady for a in ins.args):
             steady.add(ins.out)
         # a kink whose coordinate reads only steady values cannot be crossed: where(x > 0, ...)
         # with x < 0 takes its second branch all around the point, no convention involved
@@ -265,9 +266,11 @@ def _first_on_kink(func: Func, values: Sequence[float]) -> str | None:
     return None
 
 
-def _flat(op: OpDef) -> bool:
-    """Whether `op`'s derivative is zero by every operand (a comparison, step, sign): its result
-    is constant near any point off its kinks (and on one it is itself the kink)."""
+@functools.cache
+def _flat(name: str) -> bool:
+    """Whether op `name`'s derivative is zero by every operand (a comparison, step, sign): its
+    result is constant near any point off its kinks (and on one it is itself the kink)."""
+    op = OPS[name]
     ones = [1.0] * op.arity
     return all(c is None for c in op.vjp(1.0, 1.0, *ones, **dict.fromkeys(op.params, 1.0)))
 
