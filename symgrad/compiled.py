@@ -249,9 +249,9 @@ class Program:
             return X
         if is_dask(X):  # Compiled.batch and batch_forward take dask arrays before this
             raise TypeError(
-                f"X: {type(self).__name__} takes dask arrays in batch and batch_forward only "
-                "(here it would gather every block into this process): pass a NumPy array, "
-                "e.g. X.compute()"
+                f"X: {type(self).__name__} cannot take a dask array here (only Compiled's "
+                "batch and batch_forward do; this call would gather every block into this "
+                "process): pass a NumPy array, e.g. X.compute()"
             )
         a = _floats(X, "X")
         if a.ndim != 2:

@@ -573,5 +573,12 @@ def test_the_hessians_batch_refuses_a_dask_array() -> None:
     x = sg.Value(0.0, label="x")
     w = sg.Value(1.5, label="w")
     H = sg.hessian((w * x).tanh(), wrt=[w], inputs=[x], backend="python")
-    with pytest.raises(TypeError, match="dask"):
+    with pytest.raises(TypeError, match="dask") as err:
         H.batch(None, da.from_array(rows(10, 1)[:, :1], chunks=(5, 1)))
+    # the message must not say that the refusing object takes dask arrays
+    assert "Hessian cannot take a dask array" in str(err.value)
+
+
+def test_sum_in_chunks_refuses_a_dask_array(neuron: sg.Compiled) -> None:
+    with pytest.raises(TypeError, match="Compiled cannot take a dask array"):
+        neuron.sum_in_chunks(None, da.from_array(rows(10), chunks=(5, 2)), 2)
