@@ -123,3 +123,56 @@ def test_check_times_table_lists_the_models_the_benchmark_measures():
     rows = [line for line in section.splitlines() if line.startswith("| MLP(")]
     assert {row.split(" | ")[0][2:] for row in rows} >= {
         "MLP(2,[8,8,1])", "MLP(16,[64,64,1])"}
+
+
+def _module_rows() -> list[list[str]]:
+    """The Modules table's rows in order, each the list of module names it names."""
+    section = README.split("## Modules", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cell = line.split("|")[1] if line.startswith("| `symgrad.") else ""
+        names = re.findall(r"`(?:symgrad\.)?(\w+)`", cell)
+        if names:
+            rows.append(names)
+    return rows
+
+
+def _imported_modules(path: Path, package: str) -> set[str]:
+    """The symgrad modules a file imports at run time, wherever the import statement is (lazy
+    imports too; ``if TYPE_CHECKING:`` blocks are not run, so they do not count)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+               and ast.unparse(node.test) == "TYPE_CHECKING" for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 0 and not (node.module or "").startswith("symgrad"):
+                continue
+            if node.level == 1 and package == "executors":
+                continue  # within the executors package
+            base = (node.module or "").removeprefix("symgrad").lstrip(".")
+            found |= {base.split(".")[0]} if base else {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("symgrad.")}
+    return found
+
+
+def test_modules_table_lists_every_module_and_imports_point_up_it():
+    rank = {name: i for i, row in enumerate(_module_rows()) for name in row}
+    # the README's one stated exception: dask support, imported when a dask array arrives
+    allowed_down = {("compiled", "distributed"), ("training", "distributed")}
+    pkg = ROOT / "symgrad"
+    down = []
+    for path in sorted(pkg.rglob("*.py")):
+        module = "executors" if path.parent.name == "executors" else path.stem
+        if module in ("__init__", "_version", "_libm_ports"):
+            continue  # the package, its version and vecmath's ports (named in vecmath's row)
+        assert module in rank, f"{module} is missing from the README's Modules table"
+        for dep in _imported_modules(path, module) & rank.keys():
+            if rank[dep] > rank[module] and (module, dep) not in allowed_down:
+                down.append(f"{module} imports {dep}")
+    assert not down, down
