@@ -328,3 +328,19 @@ def _helpers_after_batches(f, X):
     while threads._jobs.qsize() and time.monotonic() < deadline:
         time.sleep(0.01)
     return all(t.is_alive() for t in threads._helpers), threads._jobs.qsize()
+
+
+@pytest.mark.parametrize("build_s, says", [(0.05, False), (0.6, True)])
+def test_exit_waits_for_a_build_and_says_so_only_when_it_takes_long(
+    monkeypatch, capsys, build_s: float, says: bool
+) -> None:
+    # a load from the cache ends within the quiet wait: no message; a real first build does not
+    import threading
+
+    fut: Future = Future()
+    threading.Timer(build_s, fut.set_result, args=(None,)).start()
+    monkeypatch.setattr(interpreter._Interpreter, "_build", fut)
+    monkeypatch.setattr(interpreter._Interpreter, "QUIET_WAIT", 0.3)
+    interpreter._Interpreter.finish_build()
+    assert fut.done()  # waited either way
+    assert ("finishing the first build" in capsys.readouterr().err) == says

@@ -134,6 +134,7 @@ class _Interpreter:
 
     _lock = threading.Lock()
     _build: ClassVar[Future[_Interpreter] | None] = None
+    QUIET_WAIT: ClassVar[float] = 3.0  # seconds waited at exit before saying why
 
     def __init__(self) -> None:
         ns, cached = jit.load(interpreter_source(), "tape_interpreter", True)
@@ -216,9 +217,18 @@ class _Interpreter:
     @classmethod
     def finish_build(cls) -> None:
         """At exit: wait for a first build under way, so that what it compiled reaches the
-        cache (saying so; Ctrl-C skips it). With the cache off there is nothing to keep."""
+        cache (saying so, unless it ends within `QUIET_WAIT` seconds: a load from the cache
+        does; Ctrl-C skips it). With the cache off there is nothing to keep."""
         fut = cls._build
         if fut is None or fut.done() or cache.cache_dir() is None:
+            return
+        try:
+            fut.result(timeout=cls.QUIET_WAIT)
+        except KeyboardInterrupt:
+            return
+        except BaseException:  # TimeoutError: still building; a failed build is not ours to report
+            pass
+        if fut.done():
             return
         print("symgrad: finishing the first build of the tape interpreter, so that the next "
               "run finds it in the cache (Ctrl-C skips) ...", file=sys.stderr, flush=True)
