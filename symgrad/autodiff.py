@@ -13,7 +13,7 @@ zero tangents are never materialised: they are absent, and nothing is emitted fo
 
 from __future__ import annotations
 
-from .ir import Atom, Builder, Const, Func, Handle, Instr, Var
+from .ir import Atom, Builder, Const, Func, Handle, Instr, Var, names
 from .rewrite import Substitution, live, replay
 
 __all__ = [
@@ -97,16 +97,18 @@ def _own_order(func: Func, res: Var) -> list[Instr]:
 
 
 def name_gradients(func: Func, n_out: int, n_wrt: int) -> Func:
-    """Rename gradient results ``{arg}_bar`` (Jacobian rows get ``_bar{k}``) for printing."""
+    """Rename gradient results ``{arg}_bar`` (Jacobian rows get ``_bar{k}``) for printing, after
+    each argument's printed name."""
     hints: dict[Var, str] = {}
     # only backward temporaries are renamed: a gradient that is a forward value keeps its name
     backward = {i.out for i in func.body if i.origin is not None}
     n_rows = (len(func.results) - n_out) // n_wrt if n_wrt else 0
+    printed = names(func)  # the arguments' names as printed: sanitised, unique
     for k in range(n_rows):
         for j, a in enumerate(func.args[:n_wrt]):
             r = func.results[n_out + k * n_wrt + j]
             if isinstance(r, Var) and r in backward and r not in hints:
-                base = a.hint or f"arg{j}"
+                base = printed[a]
                 hints[r] = f"{base}_bar" if n_rows == 1 else f"{base}_bar{k}"
     return rehint(func, hints)
 

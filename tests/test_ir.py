@@ -262,3 +262,19 @@ def test_const_equality_is_bitwise() -> None:
 def test_var_repr_is_short() -> None:
     assert repr(Var(4, "x")) == "v4"
     assert Var(4, "x") == Var(4, "y")  # hints are printing data only
+
+
+def test_gradient_names_follow_the_printed_argument_names() -> None:
+    # two leaves labelled alike print as lambda_ and lambda__2: each gradient is named after its
+    # own argument (not swapped), and a label with no identifier characters gives v0_bar
+    a, b = sg.Value(1.0, label="lambda"), sg.Value(2.0, label="lambda")
+    c = sg.Value(3.0, label='é"\n')
+    f = sg.compile((a * b * c).tanh(), wrt=[a, b, c], backend="python", name="f")
+    text = str(f.ir)
+    assert text.splitlines()[0] == "f_value_and_grad(lambda_, lambda__2, v0):"
+    assert "lambda__bar = mul(lambda__2, " in text and "lambda__2_bar = mul(lambda_, " in text
+    assert text.splitlines()[-1].strip() == "return v3, lambda__bar, lambda__2_bar, v0_bar"
+    # and the names are only names: the gradient is the engine's
+    out = (a * b * c).tanh()
+    out.backward()
+    assert list(f()[1]) == [a.grad, b.grad, c.grad]
