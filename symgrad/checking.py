@@ -168,7 +168,7 @@ def _run(subject: Subject, tiers: list[Tier], points: int, seed: int,
     for pt in _sample_points(subject, points, seed):
         derivatives_here = False
         for tier in tiers:
-            for entry in tier.entries(pt) or ():
+            for entry in tier.entries_at(pt) or ():
                 counts[tier] += _compare(entry, result, tol, tier.derivatives)
                 derivatives_here |= tier.derivatives
         if derivatives_here:

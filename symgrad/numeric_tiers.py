@@ -48,10 +48,7 @@ class NumericGradientTier(Tier):
 
     def entries(self, pt: Point) -> list[Entry] | None:
         """``g . u`` along `directions` random u, compiled and interpreted, against the
-        high-precision central difference (on a kink: the gradients against each other)."""
-        kink = self.subject.on_kink(pt)
-        if kink:
-            return self.engine_only(pt, kink)
+        high-precision central difference."""
         g_comp, g_int = self.gradients(pt)
         if not (finite(g_comp) and finite(g_int)):
             return None
@@ -142,8 +139,6 @@ class NumericHessianTier(NumericGradientTier):
     def entries(self, pt: Point) -> list[Entry] | None:
         """The gradient as the parent does, then ``u . H . v`` along random pairs."""
         grads = super().entries(pt)
-        if self.subject.on_kink(pt):
-            return grads
         H = self.subject.compiled(pt)["hessian"]
         if grads is None or not finite(H):
             return None

@@ -39,12 +39,8 @@ class GradientTier(Tier):
         self.oracle = _evaluator([subject.symbols[id(v)] for v in subject.leaves], targets)
 
     def entries(self, pt: Point) -> list[Entry] | None:
-        """Each compiled and interpreted derivative against sympy's at `pt` (against each
-        other on a kink)."""
+        """Each compiled and interpreted derivative against sympy's at `pt`."""
         s = self.subject
-        kink = s.on_kink(pt)
-        if kink:
-            return self.engine_only(pt, kink)
         g_comp = s.compiled(pt)["gradient"]
         v_int, g_int = s.engine(pt)
         # a nan or inf value (a frozen leaf's nan) makes sympy's expression nan, its diff 0
@@ -109,11 +105,8 @@ class HessianTier(Tier):
 
     def entries(self, pt: Point) -> list[Entry] | None:
         """The gradient against sympy; each Hessian entry against sympy and central
-        differences of the compiled gradient (on a kink: the gradient against the engine's)."""
+        differences of the compiled gradient."""
         s = self.subject
-        kink = s.on_kink(pt)
-        if kink:
-            return self.engine_only(pt, kink)
         r = s.compiled(pt)
         g, h = r["gradient"][0], r["hessian"]
         if not (finite(s.engine(pt)[0]) and finite(g) and finite(h)):

@@ -338,6 +338,12 @@ class Tier:
         """What to compare at `pt`."""
         raise NotImplementedError
 
+    def entries_at(self, pt: Point) -> list[Entry] | None:
+        """`entries`, except where a derivative tier's point sits on a kink: there the
+        compiled gradient against the engine's only (`engine_only`)."""
+        kink = self.subject.on_kink(pt) if self.derivatives else None
+        return self.engine_only(pt, kink) if kink else self.entries(pt)
+
     def describe(self) -> str:
         """How this tier checked, for ``CheckResult.tiers``' text."""
         return self.name
