@@ -254,14 +254,7 @@ class Program:
                 "process): pass a NumPy array, e.g. X.compute()"
             )
         a = _floats(X, "X")
-        if a.ndim != 2:
-            raise ValueError(
-                f"X: expected a 2-D array of shape (N, {self.n_inputs}), got shape {a.shape}"
-            )
-        if a.shape[1] != self.n_inputs:
-            raise ValueError(
-                f"X: expected {self.n_inputs} column(s) (one per input), got shape {a.shape}"
-            )
+        check_columns(a.shape, self.n_inputs)
         if a.shape[0] == 0:
             raise ValueError("X: the batch is empty (0 rows)")
         return _kernel_ready(a)
@@ -665,6 +658,15 @@ def _has_bool(a: Any) -> bool:
         return any(_has_bool(v) if isinstance(v, (list, tuple, np.ndarray))
                    else isinstance(v, (bool, np.bool_)) for v in a)
     return False
+
+
+def check_columns(shape: tuple[int, ...], n_inputs: int) -> None:
+    """A batch's ``X`` of this shape has one row per example and one column per input, else a
+    ValueError (NumPy and dask arrays alike)."""
+    if len(shape) != 2:
+        raise ValueError(f"X: expected a 2-D array of shape (N, {n_inputs}), got shape {shape}")
+    if shape[1] != n_inputs:
+        raise ValueError(f"X: expected {n_inputs} column(s) (one per input), got shape {shape}")
 
 
 def _vector(a: Any, n: int, what: str, expected: str) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 Imports dask (this module is imported only when a dask object reaches `Compiled.batch`,
 `Compiled.batch_forward` or `fit`, so ``import symgrad`` never imports dask), and `compiled`
-for types only. Every block of rows runs the compiled batch kernel (``f.batch`` on the block,
-on whatever scheduler is active: threads, processes or a ``dask.distributed`` cluster). The
+for `check_columns` (and its types). Every block of rows runs the compiled batch kernel
+(``f.batch`` on the block, on whatever scheduler is active: threads, processes or a
+``dask.distributed`` cluster). The
 compiled function reaches other processes by pickling (its IR; the executor is rebuilt there
 through that machine's persistent cache): it is pickled once in this process, travels as one
 piece of data a worker fetches once, and is loaded once per process.
@@ -37,6 +38,8 @@ import dask.array as da
 import numpy as np
 from dask.base import is_dask_collection, tokenize
 from dask.highlevelgraph import HighLevelGraph
+
+from .compiled import check_columns
 
 if TYPE_CHECKING:
     from .compiled import Compiled
@@ -98,14 +101,7 @@ def check_array(f: Compiled, X: Any) -> None:
             f"X: expected a NumPy or dask array, got {type(X).__module__}.{type(X).__name__}; "
             "a dask DataFrame becomes an array with df.to_dask_array(lengths=True)"
         )
-    if X.ndim != 2:
-        raise ValueError(
-            f"X: expected a 2-D array of shape (N, {f.n_inputs}), got shape {X.shape}"
-        )
-    if X.shape[1] != f.n_inputs:
-        raise ValueError(
-            f"X: expected {f.n_inputs} column(s) (one per input), got shape {X.shape}"
-        )
+    check_columns(X.shape, f.n_inputs)
     if X.dtype.kind not in "iuf":
         what = "booleans (True/False would silently be 1.0/0.0)" if X.dtype.kind == "b" else \
             f"an array of dtype {X.dtype}"
