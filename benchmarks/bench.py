@@ -45,6 +45,9 @@ Three more workloads:
 Timings come from ONE run with interleaved repetitions: after a warm-up call, every round calls
 each contender in turn (round-robin, starting point rotated each round) and the table reports the
 median over the rounds. Fast calls are repeated within a sample so a sample lasts ``--target`` s.
+Before each sample the benchmark sleeps `SETTLE` s: thread pools (OpenBLAS's, XLA's) keep their
+threads spinning for a while after a call, and without the pause that spin would land on the
+next contender's sample.
 
 The last table checks the speed targets: symgrad (the first ``--backend``, numba by default)
 against JAX on each workload, as ratios of medians from the same run, and the cold and warm
@@ -649,8 +652,12 @@ def make_call(res: Result, model: Model, subset: int) -> Call:
     return setup_jax_vmap(model) if model.reduce == "none" else setup_jax(model)
 
 
+SETTLE = 0.15  # s of quiet before each sample: longer than the thread pools' spin after a call
+
+
 def time_rounds(timed: list[Result], target: float, rounds: int) -> None:
-    """Calibrate each call to samples of at least `target` s, then run the interleaved rounds."""
+    """Calibrate each call to samples of at least `target` s, then run the interleaved rounds
+    (each sample after `SETTLE` s of sleep, so no contender's spinning threads remain)."""
     for r in timed:
         t = _time_once(r.call)  # type: ignore[arg-type]
         r.number = max(1, min(100_000, math.ceil(target / max(t, 1e-9))))
@@ -658,6 +665,7 @@ def time_rounds(timed: list[Result], target: float, rounds: int) -> None:
     for k in range(rounds):
         order = timed[k % len(timed):] + timed[: k % len(timed)] if timed else []
         for r in order:
+            time.sleep(SETTLE)
             t0 = time.perf_counter()
             for _ in range(r.number):
                 r.call()  # type: ignore[misc]
