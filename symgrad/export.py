@@ -602,6 +602,9 @@ def _tape_parts(executor: Any, vg: Kernel, fw: Kernel) -> list[_Part]:
     return [
         _embedded("symgrad/executors/dense.py: the dense-layer kernels",
                   HERE / "executors" / "dense.py"),
+        _embedded("symgrad/executors/native_threads.py: helper threads waiting in compiled "
+                  "code (the interpreter's shared batches; this module runs its own threads)",
+                  HERE / "executors" / "native_threads.py"),
         _embedded("symgrad/_libm_ports.py: glibc's tanh, exp and log, ported (tables computed "
                   "by symgrad, written out)", HERE / "_libm_ports.py",
                   drop={"_mp_double", "_exp_table", "_log_tables"}, drop_modules={"mpmath"},

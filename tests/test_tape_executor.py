@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import re
+import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -184,6 +186,66 @@ def test_threads_give_the_same_bits(mlp):
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     for (v1, g1), (v2, g2) in zip(got[0], got[-1], strict=True):
         assert _same(v1, v2) and _same(g1, g2)
+
+
+@pytest.mark.parametrize("spin", [0, 1000, None])
+def test_helpers_waiting_in_compiled_code_give_the_same_bits(mlp, monkeypatch, spin):
+    """Batch after batch on two threads, the helper caught spinning (or, with spin 0, woken
+    from its queue each time, or parked while the batch runs), every result is the one-thread
+    result; a helper never keeps a job it did not finish."""
+    numba = pytest.importorskip("numba")
+    from symgrad.executors import native_threads
+
+    if spin is not None:
+        monkeypatch.setattr(native_threads, "SPIN", spin)
+    wrt, inputs, loss = mlp
+    f = sg.compile(loss, wrt=wrt, inputs=inputs, backend="tape")
+    f.wait()
+    rng = np.random.default_rng(5)
+    Xs = [rng.normal(size=(n, 6)) for n in (700, 1000, 2500)]
+    helpers = interpreter._Interpreter.get().helpers
+    taken = helpers.boxes(1)[0, native_threads.TAKEN]
+    p = f.current_params()
+    try:
+        numba.set_num_threads(1)
+        want = [[f.batch(p, X, reduce=r) for r in ("sum", "none")] for X in Xs]
+        numba.set_num_threads(2)
+        for _ in range(15):
+            for X, expected in zip(Xs, want, strict=True):
+                for (v, g), (v1, g1) in zip([f.batch(p, X, reduce=r) for r in ("sum", "none")],
+                                            expected, strict=True):
+                    assert _same(v, v1) and _same(g, g1)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    box = helpers.boxes(1)[0]
+    assert int(box[native_threads.STATE]) % 8 in (native_threads.SPINNING, native_threads.PARKED)
+    if spin is None:  # caught spinning: it took some of the 90 jobs
+        assert box[native_threads.TAKEN] > taken
+
+
+def test_an_error_in_a_helpers_job_reaches_the_caller():
+    """What a helper's job raises is raised by the calling thread (once), and the helper's box
+    is parked again, not left RUNNING for the caller to wait on."""
+    from symgrad.executors import native_threads
+
+    done = threading.Event()
+
+    def serve(box: np.ndarray, spin: int) -> None:
+        box[native_threads.STATE] = native_threads.RUNNING
+        done.set()
+        raise ValueError("the job failed")
+
+    helpers = native_threads.Helpers(serve, 1)
+    box = helpers.boxes(1)[0]
+    assert done.wait(10)
+    for _ in range(1000):  # the helper records the error, then parks its box
+        if box[native_threads.STATE] % 8 == native_threads.PARKED:
+            break
+        time.sleep(0.01)
+    assert box[native_threads.STATE] % 8 == native_threads.PARKED
+    with pytest.raises(ValueError, match="the job failed"):
+        helpers.raise_errors()
+    helpers.raise_errors()  # once only
 
 
 def test_chunks_are_aligned_and_cover_the_rows():

@@ -19,6 +19,7 @@ import hashlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -41,7 +42,11 @@ LIBM = {fn: f"{fn}_libm" for fn in PORTED}
 HERE = Path(__file__).parent
 # what the generated module's compiled code inlines from other files: their text is hashed into
 # the module's (so into its cache key), since Numba's cache notices changes to one file only
-_INLINED = (HERE / "interpreter_static.py", HERE / "dense.py", HERE / "threads.py")
+_INLINED = (HERE / "interpreter_static.py", HERE / "dense.py", HERE / "threads.py",
+            HERE / "native_threads.py")
+_NO_CHUNKS = np.zeros((0, 0))  # a per-row batch's (absent) chunk sums
+WAIT_POLLS = 100_000  # polls for helpers finishing their last chunk before yielding the core
+_yield_core = getattr(os, "sched_yield", lambda: time.sleep(1e-5))
 
 
 def _ports() -> dict[str, str]:
@@ -143,9 +148,15 @@ class _Interpreter:
                      "scatter_grids", "row_results", "setup"):
             if not hasattr(ns[name], "py_func"):
                 ns[name] = jit.helper(ns[name], cached)
-        for name in ("run_sums", "run_rows", "add_in_order"):
+        for name in ("run_sums", "run_rows", "add_in_order", "post", "finish", "run_posted",
+                     "serve", "run_shared"):
             if not hasattr(ns[name], "py_func"):
                 ns[name] = jit.helper(ns[name], cached, nogil=True)
+        import numba
+
+        from .native_threads import Helpers
+
+        self.helpers = Helpers(ns["serve"], max(1, numba.config.NUMBA_NUM_THREADS - 1))
         self.exact = np.zeros(len(tape.OPCODES), np.int64)
         self.verdicts: dict[str, str] = {}
         for name, code in tape.OPCODES.items():
@@ -167,6 +178,9 @@ class _Interpreter:
             acc = np.zeros((2 if per_row else 1, 1))
             for threads in (1, 2):  # both ways of taking chunks
                 self.run(pack(pl), pl, params, X, np.zeros((2, 1)), acc, per_row, threads)
+        from .native_threads import BOX_LEN
+
+        self.ns["serve"](np.zeros(BOX_LEN, np.int64), 0)  # a parked box: returns at once
 
     def _verify(self, name: str, code: int, used: list[str]) -> tuple[int, str]:
         """Whether op `name`'s ported loop gives the op table's rule's bits on vecmath's sample
@@ -251,21 +265,40 @@ class _Interpreter:
         counter = np.zeros(1 if threads > 1 else 0, np.int64)
         head = (counter, *packed, pl.p, pl.uniform_value, pl.n_slots, pl.n_rows, BLOCK)
         if per_row:
+            chunk_acc, n_grid = None, 0
             fn, args = self.ns["run_rows"], (*head, params, X, values, acc, self.exact)
-            chunk_acc = None
         else:
             chunks = layout.n_chunks(X.shape[0]) if n_chunks is None else n_chunks
-            chunk_acc = np.empty((chunks, acc.shape[1]))
+            chunk_acc, n_grid = np.empty((chunks, acc.shape[1])), len(pl.grid_cols)
             fn = self.ns["run_sums"]
-            args = (*head, len(pl.grid_cols), params, X, values, acc, chunk_acc, self.exact)
+            args = (*head, n_grid, params, X, values, acc, chunk_acc, self.exact)
         if threads <= 1:
             fn(*args)
             return
-        from .threads import run_on_threads
-
-        run_on_threads(fn, args, threads)
+        shared = (*head, n_grid, params, X, values, acc,
+                  _NO_CHUNKS if chunk_acc is None else chunk_acc, self.exact)
+        self._shared(int(per_row), shared, threads)
         if chunk_acc is not None:
             self.ns["add_in_order"](chunk_acc, acc)
+
+    def _shared(self, kind: int, args: tuple[object, ...], threads: int) -> None:
+        """A batch on this thread and `threads - 1` helpers waiting in compiled code
+        (`native_threads`): ``run_shared`` returns once every helper that joined is done, or
+        says how many still run after `WAIT_POLLS` polls (then this thread waits for them
+        yielding its core, as it does when its own share raised)."""
+        boxes, job = self.helpers.boxes(threads - 1), self.helpers.job_id()
+        try:
+            running = self.ns["run_shared"](boxes, job, WAIT_POLLS, kind, *args)
+        except BaseException:
+            self._wait_for_helpers(boxes, job)
+            raise
+        if running:
+            self._wait_for_helpers(boxes, job)
+        self.helpers.raise_errors()
+
+    def _wait_for_helpers(self, boxes: np.ndarray, job: int) -> None:
+        while self.ns["finish"](boxes, job, 0):
+            _yield_core()
 
 
 atexit.register(_Interpreter.finish_build)

@@ -14,9 +14,25 @@ rows ``chunk_start(c)`` to ``chunk_start(c + 1)``, adds them in row order into i
 """
 
 import numpy as np
+from numba import carray
 from numba.extending import register_jitable
 
 from symgrad.executors.dense import dense_forward, dense_outer, dense_outer_rows
+from symgrad.executors.native_threads import (
+    CLAIMED,
+    JOB,
+    PARKED,
+    POSTED,
+    RUNNING,
+    SPINNING,
+    STATE,
+    TAKEN,
+    atomic_load,
+    atomic_store,
+    compare_swap,
+    float_pointer,
+    int_pointer,
+)
 from symgrad.executors.threads import fetch_add
 
 # the plan's integer arrays, in the order of tape_plan.PLAN_FIELDS (a test checks)
@@ -215,3 +231,134 @@ def run_rows(counter, ints, fields, p, uniform_value, n_slots, n_rows, block, pa
             run_block(ints, fields, p, W, X, values, work, dot_acc, start, nb, exact)
             row_results(ints, fields, work, acc, start, nb)
         c = fetch_add(counter) if counter.shape[0] > 0 else c + 1
+
+
+# ---- jobs for helper threads that wait in compiled code (`native_threads`) -----------------------
+# A posted job: its kind, four sizes, then each array as (address, rows, columns) from J_ARRAYS
+# on, in the order of `run_sums`'s arguments (run_rows has the same ones, less chunk_acc).
+J_KIND, J_SIZES, J_ARRAYS = JOB, JOB + 1, JOB + 5
+(A_COUNTER, A_INTS, A_FIELDS, A_P, A_UNIFORM, A_PARAMS, A_X, A_VALUES, A_ACC, A_CHUNK_ACC,
+ A_EXACT) = range(11)
+
+
+@register_jitable
+def put_array(box, k, a):
+    """Array `k` of a job: its address and shape (a 1-D array as one column)."""
+    box[J_ARRAYS + 3 * k] = a.ctypes.data
+    box[J_ARRAYS + 3 * k + 1] = a.shape[0]
+    box[J_ARRAYS + 3 * k + 2] = a.size // max(a.shape[0], 1)
+
+
+@register_jitable
+def floats(box, k):
+    """Array `k` of a posted job as 2-D float64."""
+    at = J_ARRAYS + 3 * k
+    return carray(float_pointer(box[at]), (box[at + 1], box[at + 2]))
+
+
+@register_jitable
+def float_vector(box, k):
+    """Array `k` of a posted job as 1-D float64."""
+    at = J_ARRAYS + 3 * k
+    return carray(float_pointer(box[at]), (box[at + 1] * box[at + 2],))
+
+
+@register_jitable
+def int_vector(box, k):
+    """Array `k` of a posted job as 1-D int64."""
+    at = J_ARRAYS + 3 * k
+    return carray(int_pointer(box[at]), (box[at + 1] * box[at + 2],))
+
+
+def post(boxes, job, kind, counter, ints, fields, p, uniform_value, n_slots, n_rows, block,
+         n_grid, params, X, values, acc, chunk_acc, exact):
+    """Post a job to every helper spinning now (claim its box, write the job, publish it)."""
+    for h in range(boxes.shape[0]):
+        box = boxes[h]
+        w = atomic_load(box, STATE)
+        if w % 8 != SPINNING or not compare_swap(box, STATE, w, job * 8 + CLAIMED):
+            continue
+        box[J_KIND] = kind
+        box[J_SIZES], box[J_SIZES + 1], box[J_SIZES + 2], box[J_SIZES + 3] = \
+            n_slots, n_rows, block, n_grid
+        put_array(box, A_COUNTER, counter)
+        put_array(box, A_INTS, ints)
+        put_array(box, A_FIELDS, fields)
+        put_array(box, A_P, p)
+        put_array(box, A_UNIFORM, uniform_value)
+        put_array(box, A_PARAMS, params)
+        put_array(box, A_X, X)
+        put_array(box, A_VALUES, values)
+        put_array(box, A_ACC, acc)
+        put_array(box, A_CHUNK_ACC, chunk_acc)
+        put_array(box, A_EXACT, exact)
+        atomic_store(box, STATE, job * 8 + POSTED)
+
+
+def finish(boxes, job, polls):
+    """After the caller's own share: withdraw the job from helpers that did not take it, and
+    wait up to `polls` polls for those running it; how many still are (a helper can be
+    descheduled mid-chunk on a busy machine: the caller then waits without holding the CPU)."""
+    running = 0
+    for h in range(boxes.shape[0]):
+        box = boxes[h]
+        compare_swap(box, STATE, job * 8 + POSTED, job * 8 + SPINNING)
+        for _ in range(polls):
+            if atomic_load(box, STATE) != job * 8 + RUNNING:
+                break
+        running += atomic_load(box, STATE) == job * 8 + RUNNING
+    return running
+
+
+def run_posted(box):
+    """A helper's share of the job posted in `box`."""
+    counter, ints, exact = int_vector(box, A_COUNTER), int_vector(box, A_INTS), \
+        int_vector(box, A_EXACT)
+    fields = int_vector(box, A_FIELDS).reshape((box[J_ARRAYS + 3 * A_FIELDS + 1], 2))
+    p, uniform_value = float_vector(box, A_P), float_vector(box, A_UNIFORM)
+    params, X = float_vector(box, A_PARAMS), floats(box, A_X)
+    values, acc = floats(box, A_VALUES), floats(box, A_ACC)
+    n_slots, n_rows, block, n_grid = box[J_SIZES], box[J_SIZES + 1], box[J_SIZES + 2], \
+        box[J_SIZES + 3]
+    if box[J_KIND] == 0:
+        run_sums(counter, ints, fields, p, uniform_value, n_slots, n_rows, block, n_grid,
+                 params, X, values, acc, floats(box, A_CHUNK_ACC), exact)
+    else:
+        run_rows(counter, ints, fields, p, uniform_value, n_slots, n_rows, block, params, X,
+                 values, acc, exact)
+
+
+def serve(box, spin):
+    """A helper thread's wait in compiled code: run the jobs posted to `box` as they come;
+    return once `spin` polls pass without one (the box then PARKED)."""
+    idle = 0
+    while True:
+        w = atomic_load(box, STATE)
+        state = w % 8
+        if state == POSTED:
+            if compare_swap(box, STATE, w, w - POSTED + RUNNING):
+                box[TAKEN] += 1
+                run_posted(box)
+                atomic_store(box, STATE, w - POSTED + SPINNING)
+            idle = 0
+        elif state == SPINNING:
+            idle += 1
+            if idle >= spin and compare_swap(box, STATE, w, w - SPINNING + PARKED):
+                return
+        elif state == PARKED:
+            return
+
+
+def run_shared(boxes, job, polls, kind, counter, ints, fields, p, uniform_value, n_slots,
+               n_rows, block, n_grid, params, X, values, acc, chunk_acc, exact):
+    """A batch on this thread and the helpers of `boxes`: post, run this thread's share,
+    `finish` (kind 0: `run_sums`, 1: `run_rows`); how many helpers are still running."""
+    post(boxes, job, kind, counter, ints, fields, p, uniform_value, n_slots, n_rows, block,
+         n_grid, params, X, values, acc, chunk_acc, exact)
+    if kind == 0:
+        run_sums(counter, ints, fields, p, uniform_value, n_slots, n_rows, block, n_grid,
+                 params, X, values, acc, chunk_acc, exact)
+    else:
+        run_rows(counter, ints, fields, p, uniform_value, n_slots, n_rows, block, params, X,
+                 values, acc, exact)
+    return finish(boxes, job, polls)

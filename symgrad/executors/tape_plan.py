@@ -177,10 +177,11 @@ def _compact(pl: BlockPlan) -> BlockPlan:
     for op, lo, hi in pl.tape.runs.tolist():
         if op == DOT:
             elementwise[lo:hi] = False  # their a0, a1 delimit terms: not slots
-    used = [pl.out, pl.a0[elementwise], pl.a1[elementwise], pl.a2[elementwise], pl.ta, pl.tb,
-            pl.rows_slots,
-            pl.x_slots, pl.dense_out, pl.dense_x, pl.value_slots, pl.grid_a, pl.grid_b,
-            pl.rest_a, pl.rest_b]
+    run, dots = _executed(pl)
+    terms = np.concatenate([np.arange(pl.a0[k], pl.a1[k]) for k in dots] or [np.zeros(0, I64)])
+    used = [pl.out[run], pl.a0[run], pl.a1[run], pl.a2[run], pl.out[dots], pl.ta[terms],
+            pl.tb[terms], pl.rows_slots, pl.x_slots, pl.dense_out, pl.dense_x, pl.value_slots,
+            pl.grid_a, pl.grid_b, pl.rest_a, pl.rest_b]
     rows = np.unique(np.concatenate(used)) if any(len(u) for u in used) else np.zeros(0, I64)
     row = np.zeros(pl.n_slots, I64)
     row[rows] = np.arange(len(rows))
@@ -194,6 +195,18 @@ def _compact(pl: BlockPlan) -> BlockPlan:
         grid_a=row[pl.grid_a], grid_b=row[pl.grid_b], rest_a=row[pl.rest_a],
         rest_b=row[pl.rest_b],
     )
+
+
+def _executed(pl: BlockPlan) -> tuple[np.ndarray, np.ndarray]:
+    """The instructions the steps run one by one, and the fused sums they run as such (the
+    others are parts of dense groups or grids, and need no rows of their own)."""
+    run, dots = [np.zeros(0, I64)], [np.zeros(0, I64)]
+    for op, lo, hi in pl.steps.tolist():
+        if op < DOT:
+            run.append(np.arange(lo, hi, dtype=I64))
+        elif op == DOT:
+            dots.append(pl.dot_steps[lo:hi])
+    return np.concatenate(run), np.concatenate(dots).astype(I64)
 
 
 def pack(pl: BlockPlan) -> tuple[np.ndarray, np.ndarray]:
