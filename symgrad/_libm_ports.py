@@ -162,18 +162,59 @@ def _expm1_scale(r: float, e: float, k: int) -> float:
     return _sel(wide, y - 1.0, y)
 
 
+def _expm1_tanh(y: float) -> float:
+    """`_expm1` for the arguments `_tanh` gives it, -2 < y <= 0 and 2 <= y <= 39: the same bits
+    from only the paths those take.
+
+    For y <= 0, k is 0, -1, -2 or -3; for y >= 2, 3 <= k <= 56. So there is no k = 1 path and
+    no k > 56 one, and nan, the infinities and the huge arguments never come; the tiny ones do
+    (|y| < 2^-54) but `_tanh` returns x itself there. fdlibm's k = +-1 branch (0.5 ln2 < |y| <
+    1.5 ln2) needs no test of its own: there invln2 y +- 0.5 truncates to +-1, and t = +-1
+    below gives that branch's hi and lo.
+    """
+    ay = abs(y)
+    kf = y * _EXPM1_INVLN2 + _sel(y < 0.0, -0.5, 0.5)  # not contracted in glibc's build either
+    k = _sel(ay >= _EXPM1_REDUCE, int(kf), 0)
+    t = float(k)
+    hi = _fma(-t, _EXPM1_LN2_HI, y)  # as in `_expm1`: r = y and c = 0 when k = 0
+    lo = t * _EXPM1_LN2_LO
+    r = hi - lo
+    c = (hi - r) - lo
+    e = _expm1_poly(r)
+    hfx = 0.5 * r
+    hxs = r * hfx
+    f0 = r - _fma(e, r, -hxs)
+    e = _fma(r, e - c, -c) - hxs
+    fm1 = _fma(0.5, r - e, -0.5)
+    return _sel(k == 0, f0, _sel(k == -1, fm1, _expm1_scale_tanh(r, e, k)))
+
+
+def _expm1_scale_tanh(r: float, e: float, k: int) -> float:
+    """`_expm1_scale` for k in {-3, -2} (fdlibm's k <= -2 path) and 3 <= k <= 56."""
+    low = k < 0
+    # 2^-k, or 0 on the k <= -2 path, whose 1 - (e - r) is then the k < 20 form with p = 0
+    p = _sel(low, 0.0, _float((1023 - k) << 52))
+    y = _sel(k < 20, (1.0 - p) - (e - r), (r - (e + p)) + 1.0)
+    y = _float(_bits(y) + (k << 52))  # add k to the exponent, as SET_HIGH_WORD does
+    return _sel(low, y - 1.0, y)
+
+
+# From this |x| on glibc's tanh is 1: below 22, t = expm1(2|x|) >= 2^56 makes 2/(t + 2) less
+# than half an ulp of 1, so 1 - 2/(t + 2) rounds to 1; from 22 on it returns 1 - tiny, also 1.
+# The port computes tanh(min(|x|, this)), the same 1, so expm1 never needs its k > 56 path.
+_TANH_ONE = 19.5
+
+
 def _tanh(x: float) -> float:
     """fdlibm tanh: -t/(t+2) with t = expm1(-2|x|) below 1, 1 - 2/(t+2) with t = expm1(2|x|)."""
     ax = abs(x)
-    big = ax >= 1.0
-    live = ax < 22.0
-    t = _expm1(_sel(live, ax, 0.5) * _sel(big, 2.0, -2.0))
+    a = _sel(ax < _TANH_ONE, ax, _TANH_ONE)  # the infinities (then +-1) and nan too
+    big = a >= 1.0
+    t = _expm1_tanh(a * _sel(big, 2.0, -2.0))
     q = _sel(big, 2.0, -t) / (t + 2.0)  # one division serves both forms
-    z = _sel(big, 1.0 - q, q)
-    z = _sel(live, z, 1.0)  # 1 - tiny rounds to 1 for |x| >= 22 and the infinities
-    z = _sel(_bits(x) < 0, -z, z)
-    z = _sel(x != x, x, z)
-    return _sel(ax < 2.0**-55, x * (1.0 + x), z)
+    z = math.copysign(_sel(big, 1.0 - q, q), x)  # glibc's -z for x < 0: z > 0 here
+    # below 2^-55 glibc returns x (1 + x), where 1 + x rounds to 1; for nan, x is a nan too
+    return _sel(ax >= 2.0**-55, z, x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,8 +433,8 @@ def _compile(template: Callable, name: str, scope: dict[str, object], inline: st
 
 
 # in dependency order: each template sees the compiled versions of those before it
-_TEMPLATES = (_expm1_poly, _expm1_scale, _expm1, _tanh, _exp_special, _exp, _sigmoid,
-              _log_near1, _log)
+_TEMPLATES = (_expm1_poly, _expm1_scale, _expm1, _expm1_scale_tanh, _expm1_tanh, _tanh,
+              _exp_special, _exp, _sigmoid, _log_near1, _log)
 PORTED = ("tanh", "exp", "log", "sigmoid", "expm1")
 
 

@@ -181,10 +181,11 @@ def _thresholds(op: str) -> list[float]:
     """The places where the algorithm switches path, for `op`, as positive doubles."""
     x = float.fromhex
     if op == "tanh":
-        # tanh's own switches, then expm1's (tanh calls it at 2|x|) halved
+        # tanh's own switches, the port's cut-off to 1 (19.5, where glibc's result is 1
+        # already), then expm1's (tanh calls it at 2|x|) halved
         expm1 = [x("0x1.62e43p-2"), x("0x1.0a2b2p+0"), x("0x1.3687ap+5")]
         expm1 += [(j + 0.5) * _LN2 for j in range(66)]
-        return [2.0**-55, 1.0, 22.0] + [t / 2 for t in expm1]
+        return [2.0**-55, 1.0, 22.0, 19.5] + [t / 2 for t in expm1]
     if op in ("exp", "sigmoid"):
         fixed = [2.0**-54, 512.0, 1024.0, x("0x1.62e42fefa39efp+9"), 708.3964185322641,
                  744.4400719213812, 745.1332191019411]

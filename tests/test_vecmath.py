@@ -173,8 +173,9 @@ def test_loop_gives_the_bits_of_scalar_calls(variant, op):
     assert vecmath.mismatches(out, scalar).size == 0
 
 
-# FMA instructions in glibc 2.36's __expm1_fma, __ieee754_exp_fma and __ieee754_log_fma
-GLIBC_FMA_COUNT = {"tanh": 12, "expm1": 12, "exp": 9, "log": 23, "sigmoid": 9}
+# FMA instructions in glibc 2.36's __expm1_fma, __ieee754_exp_fma and __ieee754_log_fma; tanh
+# calls expm1 on arguments that never take its k = 1 path, whose one fma its port leaves out
+GLIBC_FMA_COUNT = {"tanh": 11, "expm1": 12, "exp": 9, "log": 23, "sigmoid": 9}
 
 
 @pytest.mark.parametrize("variant", ["fma", "nofma"])
