@@ -294,6 +294,24 @@ def test_outer_rows_adds_to_what_is_there() -> None:
     assert same_bits(out, np.array([[0.0], [6.0]]))  # 0.0 + (-1 * 0.0) is +0.0, as grad += is
 
 
+@numba.njit
+def _transposed(dest, work, rows, e0):
+    dense._transpose_into(dest, work, rows, e0)
+
+
+@settings(max_examples=200)
+@given(st.integers(0, 21), st.integers(0, 21), st.integers(0, 3), st.data())
+def test_the_transposed_copy_writes_its_rows_and_nothing_else(n_t, n, e0, data) -> None:
+    # every path: blocks of eight and of four slots, single slots, examples left over
+    n_slots = n + data.draw(st.integers(0, 3))
+    rows = np.array(data.draw(st.permutations(range(n_slots)))[:n], np.int64)
+    work = np.random.default_rng(n_t * 100 + n).standard_normal((n_slots, e0 + n_t + 2))
+    buf = np.full(n_t * n + 4, 7.0)  # guard values after the destination
+    _transposed(buf[:n_t * n].reshape(n_t, n), work, rows, e0)
+    assert same_bits(buf[:n_t * n].reshape(n_t, n), work[rows, e0:e0 + n_t].T)
+    assert same_bits(buf[n_t * n:], np.full(4, 7.0))
+
+
 # ---- the machine code ------------------------------------------------------------------------
 
 

@@ -318,12 +318,45 @@ _outer_thin1, _outer_thin2, _outer_thin3 = map(_outer_tile, _THIN)
 _outer_narrow1, _outer_narrow2 = map(_outer_tile, _NARROW[:2])
 
 
+# ---- the transposed copy --------------------------------------------------------------------
+
+_PAIR, _QUAD = lir.VectorType(_F64, 2), lir.VectorType(_F64, 4)
+
+
+def _transpose4(builder: Any, srcs: list[Any], dest: Any, n: Any) -> None:
+    """Four examples of four slots: ``dest[q * n + i] = srcs[i][q]``.
+
+    Each 4-vector holds two examples of two slots (slots 0 and 2, or 1 and 3: two loads of a
+    pair, which x86 does as one load and one load-and-insert); interleaving the low, then the
+    high, lanes of two such vectors gives one example of all four slots. Sixteen values take
+    eight loads, four shuffles and four stores, where a copy value by value takes sixteen loads
+    and sixteen stores.
+    """
+    def pair(i: int, k: int) -> Any:  # srcs[i][k : k + 2]
+        ptr = builder.bitcast(builder.gep(srcs[i], [lir.Constant(_I64, k)]), _PAIR.as_pointer())
+        return builder.load(ptr, align=8)
+
+    def quad(i: int, k: int) -> Any:  # (srcs[i][k], srcs[i][k+1], srcs[i+2][k], srcs[i+2][k+1])
+        return builder.shuffle_vector(pair(i, k), pair(i + 2, k),
+                                      lir.Constant(lir.VectorType(_I32, 4), [0, 1, 2, 3]))
+
+    for k in (0, 2):
+        even, odd = quad(0, k), quad(1, k)
+        for q, lanes in ((k, [0, 4, 2, 6]), (k + 1, [1, 5, 3, 7])):
+            row = builder.shuffle_vector(even, odd, lir.Constant(lir.VectorType(_I32, 4), lanes))
+            at = builder.gep(dest, [builder.mul(lir.Constant(_I64, q), n)])
+            builder.store(row, builder.bitcast(at, _QUAD.as_pointer()), align=8)
+
+
 @intrinsic
 def _transpose_into(typingctx: Any, dest: Any, work: Any, rows: Any, e0: Any) -> Any:
     """``dest[t, j] = work[rows[j], e0 + t]``: slots side by side, one example per row.
 
-    Four slots at a time, so that each example's four values are stored next to each other
-    (one strided store per value would cost a cache line each).
+    Eight slots at a time, so that each example's eight values fill a cache line of `dest`
+    at once (a line written in parts, with the other rows of `dest` in between, may have left
+    the cache by its next part), and the slots are read along their rows. Within them four
+    slots by four examples are transposed in registers (`_transpose4`); what is left over,
+    fewer than four slots or examples, is copied value by value.
     """
     if not (_matrix(dest) and _matrix(work) and _vector(rows) and isinstance(e0, types.Integer)):
         return None
@@ -334,25 +367,41 @@ def _transpose_into(typingctx: Any, dest: Any, work: Any, rows: Any, e0: Any) ->
         (e0_,) = _int64s(context, builder, args[3:], sig.args[3:])
         n_t, n = cgutils.unpack_tuple(builder, d.shape)
         ld = cgutils.unpack_tuple(builder, wk.shape)[1]
-        four = lir.Constant(_I64, 4)
+
+        def const(k: int) -> Any:
+            return lir.Constant(_I64, k)
 
         def source(j: Any) -> Any:  # &work[rows[j], e0]
             slot = builder.load(builder.gep(rw.data, [j]))
             return builder.gep(wk.data, [builder.add(builder.mul(slot, ld), e0_)])
 
-        def copy(j0: Any, width: int) -> None:  # slots j0 .. j0+width-1
-            srcs = [source(builder.add(j0, lir.Constant(_I64, q))) for q in range(width)]
-            with cgutils.for_range(builder, n_t) as loop:
-                row = builder.gep(d.data, [builder.add(builder.mul(loop.index, n), j0)])
+        def columns(j0: Any, width: int) -> None:  # slots j0 .. j0+width-1, every example
+            srcs = [source(builder.add(j0, const(q))) for q in range(width)]
+            done = const(0)  # examples copied in blocks of four
+            if width >= 4:
+                blocks = builder.sdiv(n_t, const(4))
+                with cgutils.for_range(builder, blocks) as block:
+                    t0 = builder.mul(block.index, const(4))
+                    row = builder.gep(d.data, [builder.add(builder.mul(t0, n), j0)])
+                    for q in range(0, width, 4):
+                        _transpose4(builder, [builder.gep(p, [t0]) for p in srcs[q:q + 4]],
+                                    builder.gep(row, [const(q)]), n)
+                done = builder.mul(blocks, const(4))
+            with cgutils.for_range(builder, n_t, start=done) as t:
+                row = builder.gep(d.data, [builder.add(builder.mul(t.index, n), j0)])
                 for q in range(width):
-                    value = builder.load(builder.gep(srcs[q], [loop.index]))
-                    builder.store(value, builder.gep(row, [lir.Constant(_I64, q)]))
+                    value = builder.load(builder.gep(srcs[q], [t.index]))
+                    builder.store(value, builder.gep(row, [const(q)]))
 
-        n4 = builder.sdiv(n, four)
-        with cgutils.for_range(builder, n4) as block:
-            copy(builder.mul(block.index, four), 4)
-        with cgutils.for_range(builder, n, start=builder.mul(n4, four)) as rest:
-            copy(rest.index, 1)
+        n8 = builder.sdiv(n, const(8))
+        with cgutils.for_range(builder, n8) as block:
+            columns(builder.mul(block.index, const(8)), 8)
+        j = builder.mul(n8, const(8))
+        with builder.if_then(builder.icmp_signed(">=", builder.sub(n, j), const(4))):
+            columns(j, 4)
+        with cgutils.for_range(builder, n, start=builder.mul(builder.sdiv(n, const(4)),
+                                                            const(4))) as rest:
+            columns(rest.index, 1)
         return context.get_dummy_value()
 
     return types.void(dest, work, rows, e0), codegen
