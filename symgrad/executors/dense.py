@@ -463,6 +463,15 @@ def dense_forward(work: Any, out_rows: Any, x_rows: Any, W: Any, nb: int) -> Non
             for t in x_rows:
                 if s == t:
                     raise ValueError("dense_forward: out_rows and x_rows share a slot")
+    # one term: nothing to keep in registers; a plain loop (LLVM vectorises it) writes each
+    # output row in one sweep, where tiles, examples outer, go from row to row
+    if K == 1:
+        x = work[x_rows[0]]
+        for o in range(n_out):
+            out, w = work[out_rows[o]], W[o, 0]
+            for e in range(nb):
+                out[e] = w * x[e]
+        return
     n_main = n_out - n_out % ROWS
     # examples outer: one tile's slice of the rows (K x COLS) stays in L1 for every output
     for e in range(0, nb, COLS):
