@@ -623,18 +623,32 @@ def gather(src: Any, idx: Any, out: Any) -> None:
             out[o, k] = src[s]
 
 
-_STEP_COST = 10  # a tile step (ROWS x COLS products), in units of one value copied to scratch
+def _tile_pairs(n_i: int, n_j: int) -> int:
+    """Vector multiply-add pairs per example in `dense_outer`'s tiles of an ``(n_i, n_j)`` grid.
+
+    The same plan as the kernel's: full-row tiles, then the thin tiles of the rows left. A step
+    counts at least 4 pairs: a tile with fewer independent add chains waits for their latency.
+    """
+    pairs = (n_i // ROWS) * -(-n_j // COLS) * ROWS * VECS
+    rows, j = n_i % ROWS, 0
+    while rows and j < n_j:
+        narrow, step = _thin_step(rows, n_j - j)
+        tile = (_NARROW if narrow else _THIN)[rows - 1]
+        pairs += max(tile.rows * tile.vecs, 4)
+        j += step
+    return pairs
 
 
 def outer_swapped(n_a: int, n_b: int) -> bool:
     """Whether `dense_outer` should get the two lists exchanged (and accumulate ``G.T``).
 
-    A cost model of the kernel: tile steps (``ceil(n_i / ROWS) * ceil(n_j / COLS)`` per
-    example) plus the transposed copy of `b_rows` (``n_j`` values per example). For a layer of
-    64 outputs and 16 inputs it puts the 16 inputs second; for a single output, its cotangent
-    first. The results are the same bits either way.
+    A cost model of the kernel, per example: its tiles' vector multiply-add pairs, plus the
+    transposed copy of `b_rows` (``n_j`` values, each about half a pair). For a layer of 64
+    outputs and 16 inputs it puts the 16 inputs second; for a single output, its cotangent
+    first; for 64 by 65 the 65 first, which fills the lanes of every tile. The results are the
+    same bits either way.
     """
     def cost(n_i: int, n_j: int) -> int:
-        return _STEP_COST * (-(-n_i // ROWS)) * (-(-n_j // COLS)) + n_j
+        return 2 * _tile_pairs(n_i, n_j) + n_j
 
     return cost(n_b, n_a) < cost(n_a, n_b)
