@@ -209,8 +209,10 @@ def bench_case(calls: dict[str, Callable], rounds: int, target: float) -> dict[s
 
 def run_bench(rounds: int, target: float) -> None:
     rng = np.random.default_rng(0)
+    thin = ", ".join(f"{r} x {dense.THIN_CHAINS // r * dense.WIDTH}" for r in range(1, dense.ROWS))
     print(f"# one core; numpy {np.__version__}, numba {numba.__version__}, "
-          f"vector width {dense.WIDTH} doubles, tile {dense.ROWS} x {dense.COLS}")
+          f"vector width {dense.WIDTH} doubles, tile {dense.ROWS} x {dense.COLS}, "
+          f"thin tiles {thin} (narrow: {dense.NARROW_COLS} lanes)")
     head = f"{'model':18s} {'kernel':22s} {'nb':>4s}"
     print(head + "".join(f" {c + ' us':>10s} {c + ' GF/s':>11s}" for c in CONTENDERS))
     for model, what, case, m, k, blocks in LAYERS:

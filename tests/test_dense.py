@@ -79,6 +79,14 @@ def fill(draw, shape):
 sizes = st.one_of(st.integers(1, 5), st.sampled_from(
     sorted({dense.WIDTH - 1, dense.WIDTH + 1, dense.COLS, dense.COLS + 3, 2 * dense.COLS + 1})))
 examples = st.one_of(st.integers(0, 3), sizes)
+# lane counts around each tile's width (the main tile's, a narrow tile's and twice that, the thin
+# tiles' of one, two and three rows), where a kernel changes tiles or masks a partial one
+_EDGES = {dense.COLS, dense.NARROW_COLS, 2 * dense.NARROW_COLS,
+          *(dense.THIN_CHAINS // r * dense.WIDTH for r in (1, 2, 3))}
+lanes = st.one_of(st.integers(1, 3), st.sampled_from(sorted(
+    {e + d for e in _EDGES for d in (-1, 0, 1)} | {2 * dense.THIN_CHAINS * dense.WIDTH + 1})))
+# fewer rows than a tile, alone or left after full tiles: the thin tiles' rows
+thin_rows = st.sampled_from([1, 2, 3, dense.ROWS + 1, dense.ROWS + 2, 2 * dense.ROWS + 3])
 
 
 @st.composite
@@ -106,8 +114,19 @@ def forward_cases(draw):
 
 
 @st.composite
-def outer_cases(draw):
-    n_i, n_j, block = draw(sizes), draw(sizes), draw(examples)
+def thin_forward_cases(draw):
+    """Forward cases on thin tiles: 1 to 3 outputs (or that many after full tiles), examples
+    around every thin tile's width, one term (its own loop) or several."""
+    n_out, K, nb = draw(thin_rows), draw(st.one_of(st.just(1), sizes)), draw(lanes)
+    block = nb + draw(st.integers(0, 3))
+    n_slots, (out_rows, x_rows) = draw(workspace((n_out, K)))
+    work = fill(draw, (n_slots, block))
+    return work, out_rows, x_rows, fill(draw, (n_out, K)), nb
+
+
+@st.composite
+def outer_cases(draw, n_rows=sizes, n_cols=sizes):
+    n_i, n_j, block = draw(n_rows), draw(n_cols), draw(examples)
     e0 = draw(st.integers(0, block))
     e1 = draw(st.integers(e0, block))
     n_slots, (a_rows, b_rows) = draw(workspace((n_i, n_j)))
@@ -147,7 +166,16 @@ def test_forward_is_the_sequential_sum(case) -> None:
 
 
 @settings(max_examples=100)  # the pure-Python oracle is slow on big shapes
-@given(outer_cases())
+@given(thin_forward_cases())
+def test_thin_forward_is_the_sequential_sum(case) -> None:
+    work, out_rows, x_rows, W, nb = case
+    expected = ref_forward(work, out_rows, x_rows, W, nb)
+    dense.dense_forward(work, out_rows, x_rows, W, nb)
+    assert same_bits(work, expected)
+
+
+@settings(max_examples=100)  # the pure-Python oracle is slow on big shapes
+@given(st.one_of(outer_cases(), outer_cases(thin_rows, lanes)))
 def test_outer_is_the_sequential_sum(case) -> None:
     G, work, a_rows, b_rows, e0, e1 = case
     expected = ref_outer(G, work, a_rows, b_rows, e0, e1)
@@ -176,7 +204,10 @@ def test_outer_with_the_lists_exchanged_gives_the_transpose(case) -> None:
     assert same_bits(GT.T, G)
 
 
-@pytest.mark.parametrize(("n_a", "n_b"), [(64, 16), (1, 64), (16, 16), (2, 16), (5, 5)])
+# the faster way round of each, as measured (on a machine with AVX-512)
+@pytest.mark.parametrize(("n_a", "n_b"), [
+    (64, 16), (1, 64), (16, 16), (2, 16), (5, 5), (65, 64), (17, 64), (1, 65), (3, 16),
+    (17, 16), (9, 64), (6, 20), (3, 30), (7, 40)])
 def test_outer_swapped_is_a_consistent_choice(n_a: int, n_b: int) -> None:
     assert not (dense.outer_swapped(n_a, n_b) and dense.outer_swapped(n_b, n_a))
     assert not dense.outer_swapped(n_a, n_b)  # these are the cheaper way round already
@@ -212,9 +243,10 @@ def _lanes_case(n_out, nb):
     return work, out_rows, x_rows, W
 
 
-@pytest.mark.parametrize("n_out", [1, 3, 4, 5, 9])
-def test_forward_rounds_each_product_and_adds_in_order(n_out: int) -> None:
-    nb = 2 * dense.COLS + 3  # full tiles and a masked one
+@pytest.mark.parametrize("n_out", [1, 2, 3, 4, 5, 6, 9])
+@pytest.mark.parametrize("nb", [2 * dense.COLS + 3, dense.THIN_CHAINS * dense.WIDTH + 3])
+def test_forward_rounds_each_product_and_adds_in_order(n_out: int, nb: int) -> None:
+    # full tiles and masked ones: main, thin (wide and narrow) tiles
     work, out_rows, x_rows, W = _lanes_case(n_out, nb)
     dense.dense_forward(work, out_rows, x_rows, W, nb)
     # an FMA would leave -2**-60 after the second term; (1e16 + 1) rounds back to 1e16, so
@@ -223,13 +255,29 @@ def test_forward_rounds_each_product_and_adds_in_order(n_out: int) -> None:
     assert FMA_A * FMA_B == 1.0 and (1e16 + 1.0) - 1e16 == 0.0  # the premises, in Python
 
 
-def test_forward_starts_from_the_first_product_not_zero() -> None:
-    work = np.array([[1.0] * 20, [0.0] * 20])
-    dense.dense_forward(work, np.array([1]), np.array([0]), np.array([[-0.0]]), 20)
-    assert same_bits(work[1], np.full(20, -0.0))  # 0.0 + -0.0 would be +0.0
+@pytest.mark.parametrize("n_out", [1, 2, 3, 5])
+@pytest.mark.parametrize("K", [1, 2])
+def test_forward_starts_from_the_first_product_not_zero(n_out: int, K: int) -> None:
+    nb = dense.THIN_CHAINS * dense.WIDTH + dense.NARROW_COLS + 1  # wide and narrow tiles
+    work = np.zeros((K + n_out, nb))
+    work[:K] = 1.0
+    W = np.full((n_out, K), -0.0)
+    dense.dense_forward(work, np.arange(K, K + n_out), np.arange(K), W, nb)
+    # -0.0 + -0.0 is -0.0, while 0.0 + -0.0 would be +0.0
+    assert same_bits(work[K:], np.full((n_out, nb), -0.0))
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (4, 17)])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 65), (2, 40), (3, 17), (5, 70), (4, 9)])
+def test_outer_starts_from_g(shape) -> None:
+    n_i, n_j = shape
+    work = np.ones((n_i + n_j, 5))
+    work[:n_i] = -0.0
+    G = np.full(shape, -0.0)
+    dense.dense_outer(G, work, np.arange(n_i), np.arange(n_i, n_i + n_j), 0, 5)
+    assert same_bits(G, np.full(shape, -0.0))  # G + -0.0 from G = -0.0; from 0.0 it is +0.0
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (4, 17), (1, 65), (2, 33), (3, 20), (7, 70)])
 def test_outer_rounds_each_product_and_adds_in_order(shape) -> None:
     n_i, n_j = shape
     a_rows = np.arange(n_i, dtype=np.int64)
@@ -247,6 +295,24 @@ def test_outer_rows_adds_to_what_is_there() -> None:
     out = np.zeros((2, 1))
     dense.dense_outer_rows(out, 0, 0, 1, 1, work, np.array([0]), np.array([1]), 2)
     assert same_bits(out, np.array([[0.0], [6.0]]))  # 0.0 + (-1 * 0.0) is +0.0, as grad += is
+
+
+@numba.njit
+def _transposed(dest, work, rows, e0):
+    dense._transpose_into(dest, work, rows, e0)
+
+
+@settings(max_examples=200)
+@given(st.integers(0, 21), st.integers(0, 21), st.integers(0, 3), st.data())
+def test_the_transposed_copy_writes_its_rows_and_nothing_else(n_t, n, e0, data) -> None:
+    # every path: blocks of eight and of four slots, single slots, examples left over
+    n_slots = n + data.draw(st.integers(0, 3))
+    rows = np.array(data.draw(st.permutations(range(n_slots)))[:n], np.int64)
+    work = np.random.default_rng(n_t * 100 + n).standard_normal((n_slots, e0 + n_t + 2))
+    buf = np.full(n_t * n + 4, 7.0)  # guard values after the destination
+    _transposed(buf[:n_t * n].reshape(n_t, n), work, rows, e0)
+    assert same_bits(buf[:n_t * n].reshape(n_t, n), work[rows, e0:e0 + n_t].T)
+    assert same_bits(buf[n_t * n:], np.full(4, 7.0))
 
 
 # ---- the machine code ------------------------------------------------------------------------
