@@ -248,6 +248,51 @@ def test_an_error_in_a_helpers_job_reaches_the_caller():
     helpers.raise_errors()  # once only
 
 
+def test_pace_follows_the_faster_thread_count_and_keeps_trying_the_other():
+    """Threads that never hurt: with made-up timings, `Pace` settles on whichever thread count
+    is faster, switches when that changes (a busy machine, then idle again), and still tries
+    the other one every EXPLORE calls."""
+    from symgrad.executors.threads import Pace
+
+    pace = Pace()
+    assert pace.choose(1) == 1  # one thread allowed: nothing to choose
+    speed = {4: 1.0, 1: 3.0}  # seconds per row: idle, threads win
+
+    def run(calls: int) -> list[int]:
+        chosen = []
+        for _ in range(calls):
+            t = pace.choose(4)
+            pace.record(t, speed[t])
+            chosen.append(t)
+        return chosen
+
+    first = run(2 * Pace.EXPLORE)
+    assert first[:2] == [4, 1]  # each tried once
+    assert first.count(1) <= 3 and first[-2] == 4  # the last call is a try of 1
+    speed.update({4: 5.0})  # busy: a descheduled helper makes threads slower than one
+    busy = run(4 * Pace.EXPLORE)
+    assert busy[-Pace.EXPLORE + 1:].count(4) <= 1
+    speed.update({4: 1.0})  # idle again: found at the next try
+    idle = run(2 * Pace.EXPLORE)
+    assert idle[-Pace.EXPLORE:].count(4) >= Pace.EXPLORE - 1
+
+
+def test_a_batch_records_the_threads_it_ran_on(mlp):
+    numba = pytest.importorskip("numba")
+    wrt, inputs, loss = mlp
+    f = sg.compile(loss, wrt=wrt, inputs=inputs, backend="tape")
+    f.wait()
+    X = np.random.default_rng(7).normal(size=(2000, 6))
+    p = f.current_params()
+    used = set()
+    for _ in range(70):
+        f.batch(p, X)
+        used.add(f.executor.last_threads)
+    assert used <= {1, numba.get_num_threads()}
+    if numba.get_num_threads() > 1:
+        assert used == {1, numba.get_num_threads()}  # the other count is tried now and then
+
+
 def test_chunks_are_aligned_and_cover_the_rows():
     for n in [1, 15, 31, 32, 33, 100, 511, 1000, 4097, 100_000]:
         k = layout.n_chunks(n)

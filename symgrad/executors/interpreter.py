@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from ..layout import Kernel
 from ..ops import OPS
 from .base import BatchMode, Executor, TapeExecutor
 from .tape_plan import DENSE, BlockPlan, pack, plan
+
+if TYPE_CHECKING:
+    from .threads import Pace
 
 __all__ = ["TapeInterpreter", "interpreter_source", "run_tape"]
 
@@ -333,6 +336,8 @@ class TapeInterpreter(TapeExecutor):
         self._packed = {name: pack(pl) for name, pl in self.plans.items()}
         self._fallback: Executor | None = None
         self._fallback_lock = threading.Lock()
+        self._paces: dict[tuple[str, bool, int], Pace] = {}
+        self.last_threads = 1  # the threads the last batch ran on (for tests and curious users)
         _Interpreter.building()  # start it now
 
     def prepare(self) -> None:
@@ -388,16 +393,36 @@ class TapeInterpreter(TapeExecutor):
                  n_chunks: int | None = None) -> None:
         """See `TapeExecutor.run_tape`."""
         pl = self.plans[kernel]
-        threads = 1 if n_chunks is not None else self._threads(X.shape[0], len(pl.tape.out))
-        _Interpreter.building().result().run(self._packed[kernel], pl, params, X, values, acc,
-                                             per_row, threads, n_chunks)
+        interp = _Interpreter.building().result()
+        most = 1 if n_chunks is not None else self._threads(X.shape[0], len(pl.tape.out))
+        if most <= 1:
+            interp.run(self._packed[kernel], pl, params, X, values, acc, per_row, 1, n_chunks)
+            return
+        pace = self._pace(kernel, X.shape[0], per_row)
+        threads = pace.choose(most)
+        start = time.perf_counter()
+        interp.run(self._packed[kernel], pl, params, X, values, acc, per_row, threads)
+        pace.record(threads, (time.perf_counter() - start) / X.shape[0])
+        self.last_threads = threads
 
     def _threads(self, n_rows: int, length: int) -> int:
+        """The most threads a batch may use: 1 below `THREAD_WORK`, else one per chunk, at
+        most Numba's thread count."""
         if n_rows * length < self.THREAD_WORK or layout.n_chunks(n_rows) < 2:
             return 1
         from .threads import n_threads
 
         return min(n_threads(), layout.n_chunks(n_rows))
+
+    def _pace(self, kernel: str, n_rows: int, per_row: bool) -> Pace:
+        """The thread choice for batches of this kernel, mode and size (to a power of 2)."""
+        key = (kernel, per_row, n_rows.bit_length())
+        pace = self._paces.get(key)
+        if pace is None:
+            from .threads import Pace  # imports numba: not when symgrad is imported
+
+            pace = self._paces[key] = Pace()
+        return pace
 
 
 def run_tape(tp: tape.Tape, params: np.ndarray, X: np.ndarray, n_out: int,

@@ -17,6 +17,7 @@ import contextlib
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ import numba
 from numba import types
 from numba.extending import intrinsic
 
-__all__ = ["fetch_add", "n_threads", "run_on_threads"]
+__all__ = ["Pace", "fetch_add", "n_threads", "run_on_threads"]
 
 
 @intrinsic
@@ -136,3 +137,42 @@ def run_on_threads(fn: Callable[..., None], args: tuple[Any, ...], threads: int)
     for _ in range(threads - 1):
         _jobs.put(job)
     job.run()
+
+
+class Pace:
+    """Which thread count has been faster lately for one kind of batch: threads that help and
+    never hurt.
+
+    On an idle machine a batch on every core is faster; with other processes busy on the cores,
+    a helper thread can be descheduled holding a chunk, and the batch then ends when that
+    thread runs again: one thread is faster. Both give the same bits (a batch's sums do not
+    depend on who ran which chunk), so the choice is free to follow the clock: `choose` takes
+    the thread count whose recent calls were fastest (per unit of work, the best of its last
+    `KEEP` timings), trying the other one every `EXPLORE` calls and before it has any timing;
+    `record` adds a call's timing.
+    """
+
+    EXPLORE = 32
+    KEEP = 3
+
+    def __init__(self) -> None:
+        self._times: dict[int, deque[float]] = {}
+        self._calls = 0
+
+    def choose(self, most: int) -> int:
+        """1 or `most` threads for the next call."""
+        if most <= 1:
+            return 1
+        self._calls += 1
+        options = (most, 1)
+        untried = [t for t in options if t not in self._times]
+        if untried:
+            return untried[0]
+        best = min(options, key=lambda t: min(self._times[t]))
+        if self._calls % self.EXPLORE == 0:
+            return options[1] if best == options[0] else options[0]
+        return best
+
+    def record(self, threads: int, seconds_per_unit: float) -> None:
+        """A call's time on `threads` threads, per unit of work (say per row)."""
+        self._times.setdefault(threads, deque(maxlen=self.KEEP)).append(seconds_per_unit)
