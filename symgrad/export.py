@@ -575,12 +575,12 @@ def _sum(which, p, X, values, acc):
 
 
 def _thread_work(lowering: str) -> int:
-    """How much work a batch needs to run on threads, as the executor that the saved lowering
-    copies decides it."""
-    from .executors.interpreter import TapeInterpreter
+    """How much work a batch needs to run on threads in the saved module. Its threads are
+    `threads.run_on_threads`'s, which take longer to start than the tape executor's own
+    helpers, so it uses the threshold of the line executor, which runs on them too."""
     from .executors.lines import NumbaLines
 
-    return {"lines": NumbaLines, "tape": TapeInterpreter}[lowering].THREAD_WORK
+    return NumbaLines.THREAD_WORK
 
 
 # ---- the tape lowering ---------------------------------------------------------------------------

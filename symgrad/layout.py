@@ -74,7 +74,11 @@ class Layout:
 
     def n_assigned(self) -> int:
         """How many results are assigned per row (they come before accumulated ones)."""
-        return sum(int(np.prod(s)) for nm, s in self.results if nm not in self.accumulate)
+        cached = self.__dict__.get("_n_assigned")  # asked at every batch: counted once
+        if cached is None:
+            cached = sum(int(np.prod(s)) for nm, s in self.results if nm not in self.accumulate)
+            object.__setattr__(self, "_n_assigned", cached)
+        return cached
 
     def n_uniform(self) -> int:
         """How many leading arguments are the same for every row of a batch."""
@@ -87,7 +91,11 @@ class Layout:
 
     def first_per_row(self) -> int:
         """The position of the first per-row argument array (batches count rows on it)."""
-        return next(i for i, (nm, _) in enumerate(self.args) if nm in self.per_row)
+        cached = self.__dict__.get("_first_per_row")
+        if cached is None:
+            cached = next(i for i, (nm, _) in enumerate(self.args) if nm in self.per_row)
+            object.__setattr__(self, "_first_per_row", cached)
+        return cached
 
 
 @dataclass(frozen=True)

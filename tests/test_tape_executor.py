@@ -196,8 +196,19 @@ def test_helpers_waiting_in_compiled_code_give_the_same_bits(mlp, monkeypatch, s
     numba = pytest.importorskip("numba")
     from symgrad.executors import native_threads
 
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one thread only")
     if spin is not None:
         monkeypatch.setattr(native_threads, "SPIN", spin)
+
+    class Always:  # every core, whatever the clock says (threads.Pace would pick)
+        def choose(self, most: int) -> int:
+            return most
+
+        def record(self, threads: int, seconds: float) -> None:
+            pass
+
+    monkeypatch.setattr(interpreter.TapeInterpreter, "_pace", lambda *args: Always())
     wrt, inputs, loss = mlp
     f = sg.compile(loss, wrt=wrt, inputs=inputs, backend="tape")
     f.wait()
@@ -310,6 +321,7 @@ def test_calls_before_the_interpreter_is_built_run_as_plain_python(mlp, monkeypa
     want = [f.batch(p, X, reduce=r) for r in ("sum", "none")], f(p, X[0])
     ex = f.executor
     monkeypatch.setattr(interpreter._Interpreter, "_build", Future())  # never finishes
+    monkeypatch.setattr(interpreter._Interpreter, "built", None)
     monkeypatch.setattr(type(ex), "FALLBACK_WORK", 10**9)
     assert not f.ready
     got = [f.batch(p, X, reduce=r) for r in ("sum", "none")], f(p, X[0])

@@ -142,6 +142,7 @@ class _Interpreter:
 
     _lock = threading.Lock()
     _build: ClassVar[Future[_Interpreter] | None] = None
+    built: ClassVar[_Interpreter | None] = None  # once built: no Future to ask at each call
     QUIET_WAIT: ClassVar[float] = 3.0  # seconds waited at exit before saying why
 
     def __init__(self) -> None:
@@ -209,7 +210,7 @@ class _Interpreter:
     @classmethod
     def get(cls) -> _Interpreter:
         """The interpreter, built now if need be."""
-        return cls.building().result()
+        return cls.built or cls.building().result()
 
     @classmethod
     def building(cls) -> Future[_Interpreter]:
@@ -227,9 +228,12 @@ class _Interpreter:
     @staticmethod
     def _run_build(fut: Future[_Interpreter]) -> None:
         try:
-            fut.set_result(_Interpreter())
+            interp = _Interpreter()
         except BaseException as e:  # raised where the interpreter is waited for
             fut.set_exception(e)
+            return
+        _Interpreter.built = interp
+        fut.set_result(interp)
 
     @classmethod
     def finish_build(cls) -> None:
@@ -259,6 +263,7 @@ class _Interpreter:
         cls._lock = threading.Lock()
         if cls._build is not None and not cls._build.done():
             cls._build = None
+            cls.built = None
 
     def run(self, packed: tuple[np.ndarray, np.ndarray], pl: BlockPlan, params: np.ndarray,
             X: np.ndarray, values: np.ndarray, acc: np.ndarray, per_row: bool,
@@ -312,7 +317,8 @@ class TapeInterpreter(TapeExecutor):
     """The tape run by the compiled interpreter over blocks of `BLOCK` examples.
 
     Batches are summed in the chunks of `symgrad.layout`; a batch of at least `THREAD_WORK`
-    instruction-rows runs its chunks on all of Numba's threads (`threads.run_on_threads`).
+    instruction-rows may run its chunks on all of Numba's threads (helpers waiting in compiled
+    code, `native_threads`), when that has been faster lately (`threads.Pace`).
     The interpreter is built on a thread of its own; until it is ready, calls and batches of
     at most `FALLBACK_WORK` instruction-rows run the same kernels as plain-Python line code
     (`lines.PythonLines`), which gives the same bits (one summation order for every
@@ -321,7 +327,7 @@ class TapeInterpreter(TapeExecutor):
 
     name = "tape"
     preparing = "planning the tape (its interpreter builds in the background)"
-    THREAD_WORK: ClassVar[int] = 100_000
+    THREAD_WORK: ClassVar[int] = 10_000
     FALLBACK_WORK: ClassVar[int] = 300_000
     FALLBACK_LENGTH: ClassVar[int] = 20_000  # longer kernels: Python source too costly to make
 
@@ -373,7 +379,7 @@ class TapeInterpreter(TapeExecutor):
     def _use_python(self, kernel: str, rows: int) -> bool:
         """Whether to run `rows` rows as plain Python: only while the interpreter is being
         built, and only when that is quicker than waiting (a short kernel, few rows)."""
-        if _Interpreter.building().done():
+        if _Interpreter.built is not None or _Interpreter.building().done():
             self._fallback = None  # never needed again
             return False
         length = len(self.tapes[kernel].out)
@@ -393,7 +399,7 @@ class TapeInterpreter(TapeExecutor):
                  n_chunks: int | None = None) -> None:
         """See `TapeExecutor.run_tape`."""
         pl = self.plans[kernel]
-        interp = _Interpreter.building().result()
+        interp = _Interpreter.get()
         most = 1 if n_chunks is not None else self._threads(X.shape[0], len(pl.tape.out))
         if most <= 1:
             interp.run(self._packed[kernel], pl, params, X, values, acc, per_row, 1, n_chunks)
