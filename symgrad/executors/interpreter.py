@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -153,7 +153,7 @@ class _Interpreter:
             if not hasattr(ns[name], "py_func"):
                 ns[name] = jit.helper(ns[name], cached)
         for name in ("run_sums", "run_rows", "add_in_order", "post", "finish", "run_posted",
-                     "serve", "run_shared"):
+                     "serve"):
             if not hasattr(ns[name], "py_func"):
                 ns[name] = jit.helper(ns[name], cached, nogil=True)
         import numba
@@ -283,30 +283,28 @@ class _Interpreter:
         if threads <= 1:
             fn(*args)
             return
-        shared = (*head, n_grid, params, X, values, acc,
-                  _NO_CHUNKS if chunk_acc is None else chunk_acc, self.exact)
-        self._shared(int(per_row), shared, threads)
+        # the job as helpers get it: run_sums's arguments (a per-row batch has no chunk sums)
+        job = (int(per_row), *head, n_grid, params, X, values, acc,
+               _NO_CHUNKS if chunk_acc is None else chunk_acc, self.exact)
+        self._shared(fn, args, job, threads)
         if chunk_acc is not None:
             self.ns["add_in_order"](chunk_acc, acc)
 
-    def _shared(self, kind: int, args: tuple[object, ...], threads: int) -> None:
-        """A batch on this thread and `threads - 1` helpers waiting in compiled code
-        (`native_threads`): ``run_shared`` returns once every helper that joined is done, or
-        says how many still run after `WAIT_POLLS` polls (then this thread waits for them
-        yielding its core, as it does when its own share raised)."""
-        boxes, job = self.helpers.boxes(threads - 1), self.helpers.job_id()
+    def _shared(self, fn: Callable[..., None], args: tuple[object, ...],
+                job: tuple[object, ...], threads: int) -> None:
+        """``fn(*args)`` on this thread and `threads - 1` helpers waiting in compiled code
+        (`native_threads`): ``post`` hands them `job`, ``finish`` waits for those that joined,
+        polling `WAIT_POLLS` times, then yielding this thread's core (a helper descheduled
+        mid-chunk on a busy machine needs it)."""
+        boxes, job_id = self.helpers.boxes(threads - 1), self.helpers.job_id()
+        self.ns["post"](boxes, job_id, *job)
         try:
-            running = self.ns["run_shared"](boxes, job, WAIT_POLLS, kind, *args)
-        except BaseException:
-            self._wait_for_helpers(boxes, job)
-            raise
-        if running:
-            self._wait_for_helpers(boxes, job)
+            fn(*args)
+        finally:
+            if self.ns["finish"](boxes, job_id, WAIT_POLLS):
+                while self.ns["finish"](boxes, job_id, 0):
+                    _yield_core()
         self.helpers.raise_errors()
-
-    def _wait_for_helpers(self, boxes: np.ndarray, job: int) -> None:
-        while self.ns["finish"](boxes, job, 0):
-            _yield_core()
 
 
 atexit.register(_Interpreter.finish_build)

@@ -347,18 +347,3 @@ def serve(box, spin):
                 return
         elif state == PARKED:
             return
-
-
-def run_shared(boxes, job, polls, kind, counter, ints, fields, p, uniform_value, n_slots,
-               n_rows, block, n_grid, params, X, values, acc, chunk_acc, exact):
-    """A batch on this thread and the helpers of `boxes`: post, run this thread's share,
-    `finish` (kind 0: `run_sums`, 1: `run_rows`); how many helpers are still running."""
-    post(boxes, job, kind, counter, ints, fields, p, uniform_value, n_slots, n_rows, block,
-         n_grid, params, X, values, acc, chunk_acc, exact)
-    if kind == 0:
-        run_sums(counter, ints, fields, p, uniform_value, n_slots, n_rows, block, n_grid,
-                 params, X, values, acc, chunk_acc, exact)
-    else:
-        run_rows(counter, ints, fields, p, uniform_value, n_slots, n_rows, block, params, X,
-                 values, acc, exact)
-    return finish(boxes, job, polls)
