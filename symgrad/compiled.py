@@ -56,13 +56,10 @@ def compile(
         inputs: leaves whose value changes per call (the ``inputs`` of each call).
         backend: "numba" (the default): JIT-compiled line by line, or, for graphs of more than
             `LINE_LIMIT` instructions, lowered to a tape run by an interpreter compiled once;
-            "tape": always the tape; "vector": the tape run by NumPy a whole batch at a time,
-            with each dense layer as one matrix product (BLAS): the fastest on large batches
-            of big models, but sums may be added in another order, so results agree with the
-            other backends to rounding (a few 1e-15 of the largest term) rather than exactly;
-            "python": the line-by-line source, not JIT'd (readable, debuggable); "lines": always
-            line by line under Numba. ``f.stats["lowering"]`` says which lowering was used and
-            ``f.stats["executor"]`` which executor runs it (``f.executor``).
+            "tape": always the tape; "python": the line-by-line source, not JIT'd (readable,
+            debuggable); "lines": always line by line under Numba. ``f.stats["lowering"]``
+            says which lowering was used and ``f.stats["executor"]`` which executor runs it
+            (``f.executor``).
         optimize: run the passes (folding, simplification, CSE, DCE) before generating code.
         name: the generated function's name (sanitised); default "f".
     Returns:

@@ -84,7 +84,7 @@ def test_a_graph_beyond_the_limit_is_checked_numerically_and_says_so() -> None:
     assert r.max_rel_error < 1e-12
 
 
-@pytest.mark.parametrize("backend", ["python", "numba", "tape", "vector"])
+@pytest.mark.parametrize("backend", ["python", "numba", "tape"])
 @pytest.mark.parametrize("method", ["symbolic", "numeric"])
 def test_both_methods_pass_on_every_backend(backend: str, method: str) -> None:
     o, wrt, inputs = neuron()

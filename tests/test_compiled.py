@@ -459,6 +459,13 @@ def test_generated_source_runs_as_plain_python() -> None:
 # ---- repr and stats ------------------------------------------------------------------------------
 
 
+def test_the_retired_vector_backend_says_why() -> None:
+    a = sg.Value(0.5, label="a")
+    with pytest.raises(ValueError, match=r"retired.*exact and faster"):
+        sg.compile(a * a, wrt=[a], backend="vector")
+
+
+
 @pytest.mark.parametrize("backend", ["python", "numba"])
 def test_repr_mentions_the_counts(backend: str) -> None:
     wrt, inputs, outs = _model()

@@ -22,7 +22,7 @@ def _product():
     return a, b, x, a * b * x
 
 
-@pytest.mark.parametrize("backend", ["numba", "python", "tape", "vector"])
+@pytest.mark.parametrize("backend", ["numba", "python", "tape"])
 def test_read_only_arrays_are_accepted(backend):
     a, b, x, out = _product()
     f = sg.compile(out, wrt=[a, b], inputs=[x], backend=backend)

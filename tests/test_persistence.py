@@ -257,7 +257,7 @@ def test_every_pickle_protocol_works(protocol: int) -> None:
     outs, wrt, inputs = _model()
     X = np.random.default_rng(1).uniform(-1, 1, (50, len(inputs)))
     objs = [sg.compile(outs, wrt=wrt, inputs=inputs, backend=b, name=f"p{protocol}_{b}")
-            for b in ("python", "tape", "vector")]
+            for b in ("python", "tape")]
     objs += [t(outs, wrt=wrt, inputs=inputs, backend="python")
              for t in (sg.jvp, sg.hvp, sg.hessian)]
     for f in objs:
@@ -360,16 +360,6 @@ def test_saved_module_imports_numpy_and_numba_only(tmp_path: Path) -> None:
         assert "import mpmath" not in text and "import symgrad" not in text
         top = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
         assert {"value_and_grad", "forward", "batch", "batch_forward"} <= {n.name for n in top}
-
-
-def test_a_vector_backend_is_saved_as_the_exact_tape(tmp_path: Path) -> None:
-    outs, wrt, inputs = _model()
-    texts = []
-    for backend in ("vector", "tape"):
-        f = sg.compile(outs, wrt=wrt, inputs=inputs, backend=backend, name="m")
-        text = export.module_text(f, f.current_params())
-        texts.append(text.split('"""', 2)[2])  # all but the docstring
-    assert texts[0] == texts[1]
 
 
 def test_save_refuses_bad_arguments(tmp_path: Path) -> None:

@@ -14,10 +14,10 @@ from ..layout import Kernel
 from .base import BatchMode, Executor, TapeExecutor
 from .interpreter import TapeInterpreter
 from .lines import NumbaLines, PythonLines
-from .vector import VectorPlan
 
 __all__ = [
-    "AUTO", "BACKENDS", "LINE_LIMIT", "REGISTRY", "BatchMode", "Executor", "TapeExecutor",
+    "AUTO", "BACKENDS", "LINE_LIMIT", "REGISTRY", "RETIRED", "BatchMode", "Executor",
+    "TapeExecutor",
     "check_backend", "select",
 ]
 
@@ -25,7 +25,12 @@ REGISTRY: dict[str, type[Executor]] = {
     "lines": NumbaLines,  # line kernels, JIT-compiled by Numba
     "python": PythonLines,  # the same source run by Python
     "tape": TapeInterpreter,  # the levelled tape, one compiled interpreter
-    "vector": VectorPlan,  # the tape run by NumPy, matrix products (not bit-exact)
+}
+# names no longer accepted, and why (a clear error rather than "not one of ...")
+RETIRED: dict[str, str] = {
+    "vector": ("backend='vector' (the tape run by NumPy, not bit-exact) was retired: the default "
+               "backend is exact and faster on every workload symgrad benchmarks; use the "
+               "default (or backend='tape')"),
 }
 
 AUTO = "numba"  # the default backend: line kernels for small graphs, the tape for big ones
@@ -37,7 +42,10 @@ LINE_LIMIT = 1500
 
 
 def check_backend(backend: str) -> None:
-    """Raise a ValueError naming the choices unless `backend` is "numba" or in `REGISTRY`."""
+    """Raise a ValueError naming the choices unless `backend` is "numba" or in `REGISTRY` (saying
+    why for a retired name)."""
+    if isinstance(backend, str) and backend in RETIRED:
+        raise ValueError(RETIRED[backend])
     if not isinstance(backend, str) or (backend != AUTO and backend not in REGISTRY):
         raise ValueError(f"backend must be one of {(AUTO, *REGISTRY)}, got {backend!r}")
 
