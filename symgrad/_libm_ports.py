@@ -118,9 +118,24 @@ def _expm1(y: float) -> float:
     kf = yc * _EXPM1_INVLN2 + _sel(neg, -0.5, 0.5)  # not contracted in glibc's build either
     k = _sel(ay >= _EXPM1_REDUCE,
              _sel(ay < _EXPM1_ONE_LN2, _sel(neg, -1, 1), int(kf)), 0)
-    t = float(k)
-    # with k = 0 these give r = y exactly; with k = +-1 they equal fdlibm's y -+ ln2_hi
-    hi = _fma(-t, _EXPM1_LN2_HI, yc)
+    r, e, f0, fm1 = _expm1_reduced(yc, float(k))
+    f1 = _sel(r < -0.25, (e - (r + 0.5)) * -2.0, _fma(r - e, 2.0, 1.0))
+    fk = _expm1_scale(r, e, k)
+    res = _sel(k == 0, f0, _sel(k == -1, fm1, _sel(k == 1, f1, fk)))
+    res = _sel(neg & (ay >= _EXPM1_HUGE), -1.0, res)
+    res = _sel(y > _EXPM1_OVERFLOW, math.inf, res)
+    res = _sel(ay < _EXPM1_TINY, y, res)
+    return _sel(y != y, y + y, res)
+
+
+def _expm1_reduced(y: float, t: float) -> tuple[float, float, float, float]:
+    """fdlibm's expm1 once k (as the float `t`) is chosen: r = y - k ln2, the correction e,
+    and the results of the k = 0 and k = -1 paths.
+
+    With k = 0 the reduction gives r = y exactly (and c = 0); with k = +-1 it equals fdlibm's
+    y -+ ln2_hi.
+    """
+    hi = _fma(-t, _EXPM1_LN2_HI, y)
     lo = t * _EXPM1_LN2_LO
     r = hi - lo
     c = (hi - r) - lo
@@ -130,13 +145,7 @@ def _expm1(y: float) -> float:
     f0 = r - _fma(e, r, -hxs)
     e = _fma(r, e - c, -c) - hxs
     fm1 = _fma(0.5, r - e, -0.5)
-    f1 = _sel(r < -0.25, (e - (r + 0.5)) * -2.0, _fma(r - e, 2.0, 1.0))
-    fk = _expm1_scale(r, e, k)
-    res = _sel(k == 0, f0, _sel(k == -1, fm1, _sel(k == 1, f1, fk)))
-    res = _sel(neg & (ay >= _EXPM1_HUGE), -1.0, res)
-    res = _sel(y > _EXPM1_OVERFLOW, math.inf, res)
-    res = _sel(ay < _EXPM1_TINY, y, res)
-    return _sel(y != y, y + y, res)
+    return r, e, f0, fm1
 
 
 def _expm1_poly(r: float) -> float:
@@ -175,17 +184,7 @@ def _expm1_tanh(y: float) -> float:
     ay = abs(y)
     kf = y * _EXPM1_INVLN2 + _sel(y < 0.0, -0.5, 0.5)  # not contracted in glibc's build either
     k = _sel(ay >= _EXPM1_REDUCE, int(kf), 0)
-    t = float(k)
-    hi = _fma(-t, _EXPM1_LN2_HI, y)  # as in `_expm1`: r = y and c = 0 when k = 0
-    lo = t * _EXPM1_LN2_LO
-    r = hi - lo
-    c = (hi - r) - lo
-    e = _expm1_poly(r)
-    hfx = 0.5 * r
-    hxs = r * hfx
-    f0 = r - _fma(e, r, -hxs)
-    e = _fma(r, e - c, -c) - hxs
-    fm1 = _fma(0.5, r - e, -0.5)
+    r, e, f0, fm1 = _expm1_reduced(y, float(k))
     return _sel(k == 0, f0, _sel(k == -1, fm1, _expm1_scale_tanh(r, e, k)))
 
 
@@ -433,8 +432,8 @@ def _compile(template: Callable, name: str, scope: dict[str, object], inline: st
 
 
 # in dependency order: each template sees the compiled versions of those before it
-_TEMPLATES = (_expm1_poly, _expm1_scale, _expm1, _expm1_scale_tanh, _expm1_tanh, _tanh,
-              _exp_special, _exp, _sigmoid, _log_near1, _log)
+_TEMPLATES = (_expm1_poly, _expm1_reduced, _expm1_scale, _expm1, _expm1_scale_tanh,
+              _expm1_tanh, _tanh, _exp_special, _exp, _sigmoid, _log_near1, _log)
 PORTED = ("tanh", "exp", "log", "sigmoid", "expm1")
 
 
