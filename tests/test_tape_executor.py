@@ -348,6 +348,8 @@ def test_a_batch_records_the_threads_it_ran_on(mlp):
     assert used <= {1, numba.get_num_threads()}
     if numba.get_num_threads() > 1:
         assert used == {1, numba.get_num_threads()}  # the other count is tried now and then
+    f.batch(p, X[:40])  # too little work for threads
+    assert f.executor.last_threads == 1
 
 
 def test_chunks_are_aligned_and_cover_the_rows():

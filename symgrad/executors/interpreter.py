@@ -415,6 +415,7 @@ class TapeInterpreter(TapeExecutor):
         most = 1 if n_chunks is not None else self._threads(X.shape[0], len(pl.tape.out))
         if most <= 1:
             interp.run(self._packed[kernel], pl, params, X, values, acc, per_row, 1, n_chunks)
+            self.last_threads = 1
             return
         pace = self._pace(kernel, X.shape[0], per_row)
         threads = pace.choose(most)
