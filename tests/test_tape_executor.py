@@ -234,6 +234,52 @@ def test_helpers_waiting_in_compiled_code_give_the_same_bits(mlp, monkeypatch, s
         assert box[native_threads.TAKEN] > taken
 
 
+def test_an_interrupt_while_waiting_for_helpers_waits_for_them_first(mlp, monkeypatch):
+    """Ctrl-C (a KeyboardInterrupt) arriving while the calling thread waits for a helper still
+    running its last chunk: the helper has the job's arrays by address only, so the caller
+    must see it finish before the exception frees them; the interrupt is raised after that."""
+    numba = pytest.importorskip("numba")
+    from symgrad.executors import native_threads
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("one thread only")
+
+    class Always:  # every core, whatever the clock says
+        def choose(self, most: int) -> int:
+            return most
+
+        def record(self, threads: int, seconds: float) -> None:
+            pass
+
+    monkeypatch.setattr(interpreter.TapeInterpreter, "_pace", lambda *args: Always())
+    monkeypatch.setattr(interpreter, "WAIT_POLLS", 0)  # straight to the wait that yields
+    real, interrupted = interpreter._yield_core, []
+
+    def interrupt() -> None:  # a signal handled here, where the wait checks for them
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        real()
+
+    monkeypatch.setattr(interpreter, "_yield_core", interrupt)
+    wrt, inputs, loss = mlp
+    f = sg.compile(loss, wrt=wrt, inputs=inputs, backend="tape")
+    f.wait()
+    X = np.random.default_rng(8).normal(size=(20_000, 6))
+    p = f.current_params()
+    boxes = interpreter._Interpreter.get().helpers.boxes(numba.get_num_threads() - 1)
+    for _ in range(100):
+        try:
+            f.batch(p, X, reduce="none")
+        except KeyboardInterrupt:
+            assert interrupted
+            states = [int(w) % 8 for w in boxes[:, native_threads.STATE]]
+            assert native_threads.RUNNING not in states  # no helper left writing
+            break
+    else:
+        pytest.skip("no helper was still running when the calling thread was done")
+
+
 def test_an_error_in_a_helpers_job_reaches_the_caller():
     """What a helper's job raises is raised by the calling thread (once), and the helper's box
     is parked again, not left RUNNING for the caller to wait on."""
@@ -302,6 +348,8 @@ def test_a_batch_records_the_threads_it_ran_on(mlp):
     assert used <= {1, numba.get_num_threads()}
     if numba.get_num_threads() > 1:
         assert used == {1, numba.get_num_threads()}  # the other count is tried now and then
+    f.batch(p, X[:40])  # too little work for threads
+    assert f.executor.last_threads == 1
 
 
 def test_chunks_are_aligned_and_cover_the_rows():

@@ -295,15 +295,29 @@ class _Interpreter:
         """``fn(*args)`` on this thread and `threads - 1` helpers waiting in compiled code
         (`native_threads`): ``post`` hands them `job`, ``finish`` waits for those that joined,
         polling `WAIT_POLLS` times, then yielding this thread's core (a helper descheduled
-        mid-chunk on a busy machine needs it)."""
+        mid-chunk on a busy machine needs it).
+
+        The helpers have the job's arrays by address only, nothing keeps them alive for them:
+        this thread waits for every helper that took the job even when an exception (Ctrl-C's
+        KeyboardInterrupt, raised where the wait checks for signals) comes meanwhile, and
+        raises it after. The wait is written out here, not in a method of its own, since a
+        pending signal is raised on entering a Python function, before it could wait."""
         boxes, job_id = self.helpers.boxes(threads - 1), self.helpers.job_id()
-        self.ns["post"](boxes, job_id, *job)
+        finish, polls, interrupted = self.ns["finish"], WAIT_POLLS, None
         try:
+            self.ns["post"](boxes, job_id, *job)
             fn(*args)
         finally:
-            if self.ns["finish"](boxes, job_id, WAIT_POLLS):
-                while self.ns["finish"](boxes, job_id, 0):
-                    _yield_core()
+            while True:
+                try:
+                    while finish(boxes, job_id, polls):
+                        polls = 0
+                        _yield_core()
+                    break
+                except BaseException as e:  # raised once no helper has the job
+                    interrupted, polls = interrupted or e, 0
+        if interrupted is not None:
+            raise interrupted
         self.helpers.raise_errors()
 
 
@@ -401,6 +415,7 @@ class TapeInterpreter(TapeExecutor):
         most = 1 if n_chunks is not None else self._threads(X.shape[0], len(pl.tape.out))
         if most <= 1:
             interp.run(self._packed[kernel], pl, params, X, values, acc, per_row, 1, n_chunks)
+            self.last_threads = 1
             return
         pace = self._pace(kernel, X.shape[0], per_row)
         threads = pace.choose(most)
