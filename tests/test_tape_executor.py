@@ -324,11 +324,11 @@ def test_pace_follows_the_faster_thread_count_and_keeps_trying_the_other():
         return chosen
 
     first = run(2 * Pace.EXPLORE)
-    assert first[:2] == [4, 1]  # each tried once
+    assert first[:3] == [4, 4, 1]  # each tried (threads twice: the first call wakes them)
     assert first.count(1) <= 3 and first[-2] == 4  # the last call is a try of 1
     speed.update({4: 5.0})  # busy: a descheduled helper makes threads slower than one
     busy = run(4 * Pace.EXPLORE)
-    assert busy[-Pace.EXPLORE + 1:].count(4) <= 1
+    assert busy[-Pace.EXPLORE + 1:].count(4) <= 2  # one try: two calls
     speed.update({4: 1.0})  # idle again: found at the next try
     idle = run(2 * Pace.EXPLORE)
     assert idle[-Pace.EXPLORE:].count(4) >= Pace.EXPLORE - 1

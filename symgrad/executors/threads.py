@@ -158,21 +158,37 @@ class Pace:
     def __init__(self) -> None:
         self._times: dict[int, deque[float]] = {}
         self._calls = 0
+        self._last = 1  # the thread count of the last call recorded
+        self._again = False  # the last call woke the helpers for a try: time one more
 
     def choose(self, most: int) -> int:
-        """1 or `most` threads for the next call."""
+        """1 or `most` threads for the next call.
+
+        A try of `most` after calls on one thread is two calls, and only the second is timed:
+        the helpers have been asleep, and the first call pays for waking them (or, the first
+        time, for starting them), which says nothing of the next calls' speed.
+        """
         if most <= 1:
             return 1
         self._calls += 1
+        if self._again:
+            self._again = False
+            return most
         options = (most, 1)
         untried = [t for t in options if t not in self._times]
         if untried:
-            return untried[0]
-        best = min(options, key=lambda t: min(self._times[t]))
-        if self._calls % self.EXPLORE == 0:
-            return options[1] if best == options[0] else options[0]
-        return best
+            pick = untried[0]
+        else:
+            best = min(options, key=lambda t: min(self._times[t]))
+            explore = self._calls % self.EXPLORE == 0
+            pick = (options[1] if best == options[0] else options[0]) if explore else best
+        self._again = pick > 1 and self._last == 1
+        return pick
 
     def record(self, threads: int, seconds_per_unit: float) -> None:
-        """A call's time on `threads` threads, per unit of work (say per row)."""
-        self._times.setdefault(threads, deque(maxlen=self.KEEP)).append(seconds_per_unit)
+        """A call's time on `threads` threads, per unit of work (say per row); the first call
+        on several threads after one (see `choose`) is not kept."""
+        cold = threads > 1 and self._last != threads
+        self._last = threads
+        if not cold:
+            self._times.setdefault(threads, deque(maxlen=self.KEEP)).append(seconds_per_unit)
