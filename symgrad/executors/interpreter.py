@@ -339,7 +339,7 @@ class TapeInterpreter(TapeExecutor):
 
     name = "tape"
     preparing = "planning the tape (its interpreter builds in the background)"
-    THREAD_WORK: ClassVar[int] = 10_000
+    THREAD_WORK: ClassVar[int] = 40_000
     FALLBACK_WORK: ClassVar[int] = 300_000
     FALLBACK_LENGTH: ClassVar[int] = 20_000  # longer kernels: Python source too costly to make
 
