@@ -334,6 +334,28 @@ def test_pace_follows_the_faster_thread_count_and_keeps_trying_the_other():
     assert idle[-Pace.EXPLORE:].count(4) >= Pace.EXPLORE - 1
 
 
+def test_pace_learns_when_the_most_threads_differ_from_call_to_call():
+    """Batches of one size class may allow different thread counts (their chunk counts differ,
+    or Numba's thread count changes): every count above one is timed as "several threads", so
+    one thread is still tried and chosen when it is faster, and threads when they are."""
+    from symgrad.executors.threads import Pace
+
+    def run(pace: Pace, mosts: list[int], calls: int, one_faster: bool) -> list[int]:
+        chosen = []
+        for k in range(calls):
+            t = pace.choose(mosts[k % len(mosts)])
+            pace.record(t, (1.0 if t == 1 else 5.0) if one_faster else (3.0 if t == 1 else 1.0))
+            chosen.append(t)
+        return chosen
+
+    pace = Pace()
+    busy = run(pace, [12, 10, 11], 4 * Pace.EXPLORE, one_faster=True)
+    assert busy[-2 * Pace.EXPLORE:].count(1) >= 2 * Pace.EXPLORE - 4  # tries only
+    idle = run(pace, [12, 10, 11], 2 * Pace.EXPLORE, one_faster=False)
+    assert idle[-Pace.EXPLORE:].count(1) <= 1
+    assert set(idle[-Pace.EXPLORE:]) - {1} <= {10, 11, 12}
+
+
 def test_a_batch_records_the_threads_it_ran_on(mlp):
     numba = pytest.importorskip("numba")
     wrt, inputs, loss = mlp

@@ -140,23 +140,25 @@ def run_on_threads(fn: Callable[..., None], args: tuple[Any, ...], threads: int)
 
 
 class Pace:
-    """Which thread count has been faster lately for one kind of batch: threads that help and
-    never hurt.
+    """Whether one thread or several have been faster lately for one kind of batch: threads
+    that help and never hurt.
 
     On an idle machine a batch on every core is faster; with other processes busy on the cores,
     a helper thread can be descheduled holding a chunk, and the batch then ends when that
     thread runs again: one thread is faster. Both give the same bits (a batch's sums do not
     depend on who ran which chunk), so the choice is free to follow the clock: `choose` takes
-    the thread count whose recent calls were fastest (per unit of work, the best of its last
-    `KEEP` timings), trying the other one every `EXPLORE` calls and before it has any timing;
-    `record` adds a call's timing.
+    one thread or `most`, whichever has had the faster recent calls (per unit of work, the best
+    of its last `KEEP` timings), trying the other every `EXPLORE` calls and before it has any
+    timing; `record` adds a call's timing. Every count above one shares one record: `most`
+    may differ from call to call (batches of one size class have different chunk counts, or
+    Numba's thread count changes), and the choice is between one thread and all of them.
     """
 
     EXPLORE = 32
     KEEP = 3
 
     def __init__(self) -> None:
-        self._times: dict[int, deque[float]] = {}
+        self._times: dict[bool, deque[float]] = {}  # keyed by "on several threads"
         self._calls = 0
         self._last = 1  # the thread count of the last call recorded
         self._again = False  # the last call woke the helpers for a try: time one more
@@ -164,7 +166,7 @@ class Pace:
     def choose(self, most: int) -> int:
         """1 or `most` threads for the next call.
 
-        A try of `most` after calls on one thread is two calls, and only the second is timed:
+        A try of several threads after calls on one is two calls, and only the second is timed:
         the helpers have been asleep, and the first call pays for waking them (or, the first
         time, for starting them), which says nothing of the next calls' speed.
         """
@@ -174,21 +176,21 @@ class Pace:
         if self._again:
             self._again = False
             return most
-        options = (most, 1)
-        untried = [t for t in options if t not in self._times]
+        untried = [many for many in (True, False) if many not in self._times]
         if untried:
-            pick = untried[0]
+            many = untried[0]
         else:
-            best = min(options, key=lambda t: min(self._times[t]))
+            best = min((True, False), key=lambda k: min(self._times[k]))
             explore = self._calls % self.EXPLORE == 0
-            pick = (options[1] if best == options[0] else options[0]) if explore else best
-        self._again = pick > 1 and self._last == 1
-        return pick
+            many = not best if explore else best
+        self._again = many and self._last == 1
+        return most if many else 1
 
     def record(self, threads: int, seconds_per_unit: float) -> None:
         """A call's time on `threads` threads, per unit of work (say per row); the first call
         on several threads after one (see `choose`) is not kept."""
-        cold = threads > 1 and self._last != threads
+        many = threads > 1
+        cold = many and self._last == 1
         self._last = threads
         if not cold:
-            self._times.setdefault(threads, deque(maxlen=self.KEEP)).append(seconds_per_unit)
+            self._times.setdefault(many, deque(maxlen=self.KEEP)).append(seconds_per_unit)
