@@ -111,7 +111,7 @@ def check(
 
     Compares at the leaves' current values and at `points` random points near them: the values
     and every entry point (single call, ``forward``, ``batch`` with each reduce, ``batch_forward``)
-    against the interpreted engine and single calls (bit for bit on exact backends); the
+    against the interpreted engine and single calls (bit for bit: every backend is exact); the
     derivatives against sympy's (small graphs) or against high-precision central differences
     along `directions` random directions (any size); each kind of instruction's local derivative
     rule against ``sympy.diff``; and, given `expected`, the traced graph against that formula.
