@@ -459,11 +459,11 @@ def test_generated_source_runs_as_plain_python() -> None:
 # ---- repr and stats ------------------------------------------------------------------------------
 
 
-def test_the_retired_vector_backend_says_why() -> None:
+@pytest.mark.parametrize("entry", [sg.compile, sg.jvp, sg.hvp, sg.hessian, sg.check])
+def test_the_retired_vector_backend_says_why(entry) -> None:
     a = sg.Value(0.5, label="a")
     with pytest.raises(ValueError, match=r"retired.*exact and faster"):
-        sg.compile(a * a, wrt=[a], backend="vector")
-
+        entry(a * a, wrt=[a], backend="vector")
 
 
 @pytest.mark.parametrize("backend", ["python", "numba"])
