@@ -27,6 +27,7 @@ from .check_tiers import EntryPointTier, ExpectedTier, RulesTier
 from .engine import Value
 from .numeric_tiers import NumericGradientTier, NumericHessianTier
 from .oracles import first_bad_rule
+from .symbolic import NoSympyForm
 from .symbolic_tiers import GradientTier, HessianTier
 from .tiers import (
     Agreement,
@@ -201,13 +202,14 @@ def _symbolic_tier(subject: Subject, method: str) -> Tier | None:
     the numeric tier checks it instead."""
     try:
         return GradientTier(subject) if subject.order == 1 else HessianTier(subject)
-    except RecursionError:
+    except (RecursionError, NoSympyForm) as e:
         if method == "auto":
             return None
+        why = (str(e) if isinstance(e, NoSympyForm) else
+               "RecursionError while it simplified a piecewise condition")
         raise ValueError(
-            "check(method='symbolic'): sympy could not differentiate this graph (RecursionError "
-            "while it simplified a piecewise condition); method='numeric' checks it against "
-            "high-precision central differences instead"
+            f"check(method='symbolic'): sympy could not differentiate this graph ({why}); "
+            "method='numeric' checks it against high-precision central differences instead"
         ) from None
 
 

@@ -18,8 +18,14 @@ from .engine import Value, topological_order
 from .trace import as_outputs
 
 __all__ = [
-    "expressions", "from_sympy", "is_sympy", "leaf_symbols", "sympy_module", "to_sympy",
+    "NoSympyForm", "expressions", "from_sympy", "is_sympy", "leaf_symbols", "sympy_module",
+    "to_sympy",
 ]
+
+
+class NoSympyForm(ValueError):
+    """sympy refuses to build a node's expression: a comparison whose operand sympy finds
+    non-real in some branch (``1/step(x)`` has ``zoo`` where step is 0), for one."""
 
 
 def sympy_module() -> Any:
@@ -100,7 +106,12 @@ def expressions(outs: Sequence[Value], syms: dict[int, Any]) -> dict[int, Any]:
         elif op is None:
             raise ValueError(f"a Value with operands but no op-table entry (op {node._op!r})")
         else:
-            env[id(node)] = op.sympy(sp, *(env[id(c)] for c in node._prev), **node.op_params)
+            operands = [env[id(c)] for c in node._prev]
+            try:
+                env[id(node)] = op.sympy(sp, *operands, **node.op_params)
+            except TypeError as e:  # sympy's "Invalid comparison of non-real zoo"
+                raise NoSympyForm(f"to_sympy: sympy cannot form {node._op} of "
+                                  f"{', '.join(map(str, operands))}: {e}") from None
     return env
 
 

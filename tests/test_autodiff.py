@@ -29,10 +29,13 @@ from hypothesis import strategies as st
 import symgrad as sg
 from symgrad import autodiff, ir
 from symgrad.ops import OPS
+from symgrad.symbolic import NoSympyForm
 from symgrad.trace import trace
 from tests.strategies import (
     MICROGRAD_OPS,
     Case,
+    Program,
+    Step,
     engine_value_and_grad,
     evaluate,
     kink_signature,
@@ -174,7 +177,10 @@ def test_numba_follows_ieee_like_the_engine(case: Case) -> None:
 
 def _sympy_value_and_grad(case: Case) -> tuple[list[float], list[list[float]]]:
     leaves, outs, _ = to_values(case.program, case.inputs)
-    exprs = sg.to_sympy(outs)
+    try:
+        exprs = sg.to_sympy(outs)
+    except NoSympyForm:  # a comparison with a branch sympy finds non-real: no oracle here
+        reject()
     names = [leaf.label for leaf in leaves]
     syms = {s.name: s for e in exprs for s in e.free_symbols}
     assert set(syms) <= set(names), (syms, names)
@@ -189,6 +195,23 @@ def _sympy_value_and_grad(case: Case) -> tuple[list[float], list[list[float]]]:
         reject()
     out = [[float(sp.sympify(d).xreplace(point).evalf(30)) for d in r] for r in rows]
     return [r[0] for r in out], [r[1:] for r in out]
+
+
+def test_a_comparison_sympy_cannot_form_is_a_clear_error_and_check_checks_numerically():
+    """``2 >= 1/step(x)``: where step is 0 sympy has zoo, which it refuses to compare. to_sympy
+    says so (NoSympyForm, a ValueError), and check falls back to the numeric tier."""
+    program = Program(n_inputs=1, steps=(Step(op="step", args=(0,), params=()),
+                                         Step(op="pow", args=(1,), params=(-1.0,)),
+                                         Step(op="ge", args=(2.0, 2), params=())),
+                      outputs=(3, 0))
+    leaves, outs, _ = to_values(program, (1.0,))
+    with pytest.raises(NoSympyForm, match="cannot form"):
+        sg.to_sympy(outs)
+    out = outs[0] + outs[1]
+    res = sg.check(out, wrt=leaves)  # raises if a derivative is wrong
+    assert res.method == "numeric" and res.compared > 0
+    with pytest.raises(ValueError, match="method='numeric'"):
+        sg.check(out, wrt=leaves, method="symbolic")
 
 
 @settings(max_examples=max(10, settings.default.max_examples // 2))
