@@ -6,7 +6,7 @@ lazily. (The derivative tiers are in `symgrad.symbolic_tiers` and `symgrad.numer
 
 - `EntryPointTier`: values and every entry point (single call, ``forward``, ``batch`` with each
   reduce, ``batch_forward``; the Hessian's too) against the engine and against single calls,
-  row by row: bit for bit on an exact executor.
+  row by row: bit for bit.
 - `RulesTier`: each kind of instruction's local derivative rule against ``sympy.diff``, once.
 - `ExpectedTier`: the traced graph against the formula the user says it is.
 """
@@ -126,8 +126,7 @@ class EntryPointTier(Tier):
             f"  {pt.text()}" + ("; row 0 is its inputs, the other rows random inputs near them"
                                  if rows else ""),
         ]
-        if s.exact:
-            lines.append("  (an exact backend must give the engine's numbers bit for bit)")
+        lines.append("  (every backend must give the engine's numbers bit for bit)")
         lines += ["  " + line for line in self._culprit(part, ag, pt)]
         return "\n".join(lines)
 

@@ -173,10 +173,6 @@ def _docstring(f: Compiled, module: str) -> str:
         return textwrap.fill(" ".join(text.split()), 95)
 
     how = _HOW[f.lowering]
-    if not f.executor.exact:
-        how += (f" The compiled function used the opt-in {f.executor.name} backend, which is not "
-                "bit-exact: this module runs the exact tape instead, so its results are the "
-                f"exact backends' (the {f.executor.name} backend's to rounding).")
     return "\n".join([
         f'"""{title}',
         "",

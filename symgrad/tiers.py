@@ -167,7 +167,6 @@ class Subject:
             )
         self.leaves = self.wrt + list(self.program.inputs)
         self.executor = self.program.executor
-        self.exact = bool(self.executor.exact)
         self.size = len(self.program.traced_ir.body)
         self.symbols = leaf_symbols(outs, self.leaves)  # every leaf, named as to_sympy names it
         self._leaves = {id(v): v for v in topological_order(outs) if not v._prev}
@@ -189,9 +188,8 @@ class Subject:
         return f'backend "{self.program.backend}" ({self.executor.name})'
 
     def same(self, a: Any, b: Any) -> Any:
-        """The test between two runs of symgrad: bit for bit on an exact executor, else
-        check's tolerance."""
-        return identical(a, b) if self.exact else self.tol.close(a, b)
+        """The test between two runs of symgrad: bit for bit (every executor is exact)."""
+        return identical(a, b)
 
     def engine(self, pt: Point) -> tuple[list[float], list[list[float]]]:
         """The interpreted engine's values and gradients at `pt`."""

@@ -31,7 +31,6 @@ class Executor(ABC):
         name: the key in the registry (``backend=`` names it, or the automatic choice).
         lowering: how the IR is lowered for it: "lines" (one statement per instruction) or
             "tape" (levelled runs of one op).
-        exact: whether every result equals the interpreted engine's bit for bit.
         preparing: what `prepare` is doing, for the progress line of a slow compile.
 
     Attributes:
@@ -42,7 +41,6 @@ class Executor(ABC):
 
     name: ClassVar[str]
     lowering: ClassVar[str]
-    exact: ClassVar[bool] = True
     preparing: ClassVar[str] = "preparing the executor"  # what a slow `prepare` is doing
 
     def __init__(self, kernels: Sequence[Kernel], title: str, header: str) -> None:
