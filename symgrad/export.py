@@ -527,7 +527,7 @@ def _lines_parts(name: str, vg: Kernel, fw: Kernel) -> list[_Part]:
     table = "KERNELS = {\n" + "\n".join(loops) + "\n}\n"
     parts.append(_Part("running the kernels: one row, rows, summed rows (as "
                        "symgrad.executors.lines.NumbaLines runs them)",
-                       table + LINES_DRIVER.format(THREAD_WORK=_thread_work("lines"))))
+                       table + LINES_DRIVER.format(THREAD_WORK=_thread_work())))
     return parts
 
 
@@ -570,10 +570,10 @@ def _sum(which, p, X, values, acc):
 '''
 
 
-def _thread_work(lowering: str) -> int:
-    """How much work a batch needs to run on threads in the saved module. Its threads are
-    `threads.run_on_threads`'s, which take longer to start than the tape executor's own
-    helpers, so it uses the threshold of the line executor, which runs on them too."""
+def _thread_work() -> int:
+    """How much work a batch needs to run on threads in a saved module, of either lowering. Its
+    threads are `threads.run_on_threads`'s, which take longer to start than the tape executor's
+    own helpers, so it uses the threshold of the line executor, which runs on them too."""
     from .executors.lines import NumbaLines
 
     return NumbaLines.THREAD_WORK
@@ -707,7 +707,7 @@ def _plans(plans: Mapping[str, Any], ops: list[str]) -> str:
     ported = [(op, code, used) for op, code, used in ported if used]
     return ("PLANS = {\n" + "\n".join(entries) + "\n}\n"
             + TAPE_DRIVER.format(N_OPCODES=len(tape.OPCODES), BLOCK=interp.BLOCK,
-                                 THREAD_WORK=_thread_work("tape"), PORTED=ported))
+                                 THREAD_WORK=_thread_work(), PORTED=ported))
 
 
 def _indent(text: str) -> str:
